@@ -1,0 +1,182 @@
+"""Circuit breakers: pybreaker's state machine, driven from asyncio.
+
+pybreaker's own async helper needs tornado, so the sidecar drives the state machine itself: `admit()`
+before an attempt (fail fast while open, let exactly one trial through when half-open) and `record()`
+after it, which replays the attempt's outcome through `CircuitBreaker.call` so pybreaker does the
+counting, the transitions and the listener calls. Nothing here blocks: pybreaker's lock is a
+threading.RLock that is never contended on the event loop thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import pybreaker
+
+from proxy.errors import CircuitOpen
+from proxy.policy import BreakerPolicy
+
+log = logging.getLogger("egress.breaker")
+
+STATE_VALUES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreaker.STATE_OPEN: 2}
+
+
+class CountedFailure(Exception):
+    """An attempt outcome the breaker's `count` list names (connect_error, timeout, 5xx, 401...)."""
+
+    def __init__(self, outcome: str) -> None:
+        super().__init__(outcome)
+        self.outcome = outcome
+
+
+def _succeed() -> None:
+    return None
+
+
+def _fail(outcome: str) -> None:
+    raise CountedFailure(outcome)
+
+
+@dataclass(slots=True)
+class Trial:
+    """Permission for one attempt; `is_trial` marks the single half-open probe."""
+
+    breaker: Breaker
+    is_trial: bool = False
+    settled: bool = False
+
+
+class Breaker:
+    def __init__(self, name: str, policy: BreakerPolicy, listener: pybreaker.CircuitBreakerListener) -> None:
+        self.name = name
+        self.policy = policy
+        self._cb = pybreaker.CircuitBreaker(
+            fail_max=policy.failures,
+            reset_timeout=policy.reset_after,
+            name=name,
+            listeners=[_Transitions(self), listener],
+            throw_new_error_on_trip=False,
+        )
+        self.opened_at: float | None = None  # wall clock, for operators
+        self._opened_mono = 0.0
+        self._trial_in_flight = False
+        self.forced_open = False  # an operator's "open" holds until an operator closes it
+        self.outcomes: Counter[str] = Counter()
+
+    # -- state -------------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return str(self._cb.current_state)
+
+    @property
+    def failures(self) -> int:
+        return int(self._cb.fail_counter)
+
+    def retry_in(self) -> float:
+        """Seconds until the open breaker lets a trial through."""
+        if self.state != pybreaker.STATE_OPEN:
+            return 0.0
+        return max(0.0, self._opened_mono + self.policy.reset_after - time.monotonic())
+
+    def retry_at(self) -> float | None:
+        return None if self.opened_at is None or self.state != "open" else self.opened_at + self.policy.reset_after
+
+    # -- the two calls the retry loop makes ----------------------------------------------------------
+
+    def admit(self, upstream: str) -> Trial:
+        """Before an attempt: raise `CircuitOpen` (no upstream contact) or grant the attempt."""
+        state = self.state
+        if self.forced_open:
+            raise CircuitOpen(f"breaker {self.name} was opened by an operator", upstream=upstream,
+                              retry_after=self.policy.reset_after)
+        if state == pybreaker.STATE_OPEN:
+            wait = self.retry_in()
+            if wait > 0:
+                raise CircuitOpen(f"breaker {self.name} is open", upstream=upstream, retry_after=wait)
+            self._cb.half_open()
+            state = pybreaker.STATE_HALF_OPEN
+        if state == pybreaker.STATE_HALF_OPEN:
+            if self._trial_in_flight:
+                raise CircuitOpen(
+                    f"breaker {self.name} is half-open and its trial request is in flight",
+                    upstream=upstream,
+                    retry_after=1.0,
+                )
+            self._trial_in_flight = True
+            return Trial(self, is_trial=True)
+        return Trial(self)
+
+    def record(self, trial: Trial, failure: str | None) -> None:
+        """After an attempt: `failure` is the counted outcome, or None when the upstream answered fine."""
+        if trial.settled:
+            return
+        trial.settled = True
+        if trial.is_trial:
+            self._trial_in_flight = False
+        self.outcomes[failure or "success"] += 1
+        if not trial.is_trial and self.state != pybreaker.STATE_CLOSED:
+            return  # a late answer from before the breaker opened says nothing about now
+        with contextlib.suppress(CountedFailure, pybreaker.CircuitBreakerError):
+            if failure is None:
+                self._cb.call(_succeed)
+            else:
+                self._cb.call(_fail, failure)
+
+    def abandon(self, trial: Trial) -> None:
+        """The attempt ended without a verdict (caller went away): free the trial slot, count nothing."""
+        if not trial.settled:
+            trial.settled = True
+            if trial.is_trial:
+                self._trial_in_flight = False
+
+    # -- operator overrides ---------------------------------------------------------------------------
+
+    def force_open(self) -> None:
+        self.forced_open = True
+        self._cb.open()
+
+    def force_close(self) -> None:
+        self.forced_open = False
+        self._trial_in_flight = False
+        self._cb.close()
+
+    def reset(self) -> None:
+        self.force_close()
+        self.outcomes.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "consecutive_failures": self.failures,
+            "threshold": self.policy.failures,
+            "reset_after_seconds": self.policy.reset_after,
+            "opened_at": self.opened_at,
+            "retry_at": self.retry_at(),
+            "retry_in_seconds": round(self.retry_in(), 3),
+            "forced_open": self.forced_open,
+            "counts": dict(self.outcomes),
+        }
+
+    def _on_transition(self, new: str) -> None:
+        if new == pybreaker.STATE_OPEN:
+            self.opened_at = time.time()
+            self._opened_mono = time.monotonic()
+        elif new == pybreaker.STATE_CLOSED:
+            self.opened_at = None
+
+
+class _Transitions(pybreaker.CircuitBreakerListener):
+    """Keeps the breaker's own clock in step with pybreaker's transitions."""
+
+    def __init__(self, breaker: Breaker) -> None:
+        self._breaker = breaker
+
+    def state_change(self, cb: pybreaker.CircuitBreaker, old: Any, new: Any) -> None:
+        self._breaker._on_transition(new.name)

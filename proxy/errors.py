@@ -1,0 +1,100 @@
+"""The sidecar's own answers, as data: every failure it generates is one `EgressError`.
+
+The forwarder turns aiohttp exceptions into these in one place; the retry loop decides on
+`outcome` (connect_error, reset, timeout); `respond.error_response` renders any of them as a small
+JSON body plus `X-Egress-Error`, so callers can always tell the sidecar's failures from upstream answers.
+"""
+
+from __future__ import annotations
+
+
+class EgressError(Exception):
+    status = 502
+    reason = "egress_error"
+    outcome: str | None = None  # the retry/breaker condition this failure counts as, if any
+
+    def __init__(self, detail: str = "", *, upstream: str = "", sent: bool = True) -> None:
+        super().__init__(detail or self.reason)
+        self.detail = detail
+        self.upstream = upstream
+        # False only when the request provably never reached the upstream: the one case where a
+        # non-idempotent request (a WhatsApp send) may be replayed without risking a duplicate.
+        self.sent = sent
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class UpstreamTimeout(EgressError):
+    status = 504
+    reason = "upstream_timeout"
+    outcome = "timeout"
+
+    def __init__(self, kind: str, seconds: float, *, upstream: str = "", sent: bool = True) -> None:
+        super().__init__(f"{kind} timeout after {seconds:g}s", upstream=upstream, sent=sent)
+        self.kind = kind
+
+
+class UpstreamConnectError(EgressError):
+    status = 502
+    reason = "upstream_connect_error"
+    outcome = "connect_error"
+
+    def __init__(self, detail: str, *, upstream: str = "") -> None:
+        super().__init__(detail, upstream=upstream, sent=False)
+
+
+class UpstreamReset(EgressError):
+    status = 502
+    reason = "upstream_reset"
+    outcome = "reset"
+
+
+class NoRoute(EgressError):
+    status = 404
+    reason = "no_route"
+
+
+class BadRequest(EgressError):
+    status = 400
+    reason = "bad_request"
+
+
+class MethodNotAllowed(BadRequest):
+    status = 405
+
+
+class BodyTooLarge(EgressError):
+    status = 413
+    reason = "body_too_large"
+
+
+class Unavailable(EgressError):
+    """A fast 503 the sidecar decided on without (or instead of) contacting the upstream."""
+
+    status = 503
+
+    def __init__(self, detail: str = "", *, upstream: str = "", retry_after: float | None = None) -> None:
+        super().__init__(detail, upstream=upstream, sent=False)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, round(self.retry_after + 0.499)))}
+
+
+class CircuitOpen(Unavailable):
+    reason = "circuit_open"
+
+
+class Overloaded(Unavailable):
+    reason = "overloaded"
+
+
+class Throttled(Unavailable):
+    reason = "throttled"
+
+
+class ShuttingDown(Unavailable):
+    reason = "shutting_down"

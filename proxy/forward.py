@@ -1,0 +1,213 @@
+"""One attempt: send one request to one upstream and get its response headers, or an `EgressError`.
+
+All aiohttp exception handling lives in `classify`, so the rest of the sidecar reasons about outcomes
+(connect_error, reset, timeout) and about whether the request could have reached the upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from proxy.deadline import Deadline
+from proxy.errors import BadRequest, BodyTooLarge, EgressError, UpstreamConnectError, UpstreamReset, UpstreamTimeout
+from proxy.policy import Timeouts, Upstream
+
+# Headers aiohttp would otherwise invent; a transparent proxy sends only what the caller sent.
+SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
+STREAM_CHUNK = 64 * 1024
+
+
+def open_session(upstream: Upstream) -> aiohttp.ClientSession:
+    """One pooled keep-alive session per upstream. The bulkhead bounds concurrency, so the pool doesn't."""
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60, keepalive_timeout=30)
+    return aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,  # bytes and Content-Encoding pass exactly as the upstream sent them
+        skip_auto_headers=SKIP_AUTO_HEADERS,
+        cookie_jar=aiohttp.DummyCookieJar(),  # a shared jar would hand one caller's cookies to another
+        timeout=aiohttp.ClientTimeout(total=None),
+        trust_env=False,
+        requote_redirect_url=False,
+    )
+
+
+class WriteWatchdog:
+    """The `write` timeout: armed while a body chunk is being handed to the upstream, paused otherwise.
+
+    Waiting on the *caller* for more body is not the upstream's fault, so the clock is paused then.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._timer: asyncio.Timeout | None = None
+
+    @contextlib.asynccontextmanager
+    async def watching(self) -> AsyncIterator[asyncio.Timeout]:
+        async with asyncio.timeout(None) as timer:
+            self._timer = timer
+            try:
+                yield timer
+            finally:
+                self._timer = None
+
+    def arm(self) -> None:
+        if self._timer is not None and not self._timer.expired():
+            self._timer.reschedule(asyncio.get_running_loop().time() + self.seconds)
+
+    def pause(self) -> None:
+        if self._timer is not None and not self._timer.expired():
+            self._timer.reschedule(None)
+
+
+class RequestBody:
+    """The caller's body: buffered when small enough to replay, else a one-shot stream."""
+
+    def __init__(self, request: web.BaseRequest, buffered: bytes | None, prefix: bytes, limit: int | None) -> None:
+        self._request = request
+        self.buffered = buffered
+        self._prefix = prefix
+        self._limit = limit
+        self._started = False
+
+    @property
+    def replayable(self) -> bool:
+        """Buffered bodies replay; a streamed one only if no byte of it was ever handed to a connection."""
+        return self.buffered is not None or not self._started
+
+    @classmethod
+    async def read(cls, request: web.BaseRequest, replay_limit: int, max_body: int | None) -> RequestBody:
+        length = request.content_length
+        if max_body is not None and length is not None and length > max_body:
+            raise BodyTooLarge(f"request body of {length} bytes exceeds max_request_body ({max_body})")
+        if not request.body_exists:
+            return cls(request, b"", b"", max_body)
+        if length is not None and length <= replay_limit:
+            return cls(request, await _read_exactly(request, length), b"", max_body)
+        if length is None and replay_limit > 0:
+            prefix = await _read_up_to(request, replay_limit + 1)
+            if len(prefix) <= replay_limit and request.content.at_eof():
+                return cls(request, prefix, b"", max_body)
+            return cls(request, None, prefix, max_body)
+        return cls(request, None, b"", max_body)
+
+    def payload(self, watchdog: WriteWatchdog) -> bytes | AsyncIterator[bytes] | None:
+        if self.buffered is not None:
+            return self.buffered or None
+        if self._started:
+            raise BadRequest("a streamed request body cannot be sent twice")
+        return self._stream(watchdog)
+
+    async def _stream(self, watchdog: WriteWatchdog) -> AsyncIterator[bytes]:
+        self._started = True
+        sent = 0
+        if self._prefix:
+            sent += len(self._prefix)
+            watchdog.arm()
+            yield self._prefix
+        while True:
+            watchdog.pause()
+            chunk = await self._request.content.readany()
+            if not chunk:
+                return
+            sent += len(chunk)
+            if self._limit is not None and sent > self._limit:
+                raise BodyTooLarge(f"request body exceeds max_request_body ({self._limit})")
+            watchdog.arm()
+            yield chunk
+
+
+async def _read_exactly(request: web.BaseRequest, length: int) -> bytes:
+    data = await request.content.readexactly(length) if length else b""
+    return data
+
+
+async def _read_up_to(request: web.BaseRequest, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await request.content.read(limit - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    method: str
+    url: URL
+    headers: CIMultiDict[str]
+    body: RequestBody
+
+
+def classify(exc: BaseException, upstream: str, timeouts: Timeouts) -> EgressError:
+    """aiohttp's exceptions -> the sidecar's outcomes. `sent=False` only when nothing can have left."""
+    if isinstance(exc, EgressError):
+        exc.upstream = exc.upstream or upstream
+        return exc
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return UpstreamTimeout("connect", timeouts.connect, upstream=upstream, sent=False)
+    if isinstance(exc, aiohttp.SocketTimeoutError):
+        return UpstreamTimeout("read", timeouts.read, upstream=upstream)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return UpstreamConnectError(f"cannot connect to {exc.host}:{exc.port}: {exc.os_error}", upstream=upstream)
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return UpstreamReset("the upstream closed the connection before answering", upstream=upstream)
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return UpstreamReset(f"the response body was cut short: {exc}", upstream=upstream)
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return UpstreamReset(f"malformed response from the upstream: {exc.message}", upstream=upstream)
+    if isinstance(exc, (aiohttp.ClientOSError, ConnectionError, OSError)):
+        return UpstreamReset(f"connection lost: {exc}", upstream=upstream)
+    if isinstance(exc, aiohttp.ClientError):
+        return UpstreamReset(f"{type(exc).__name__}: {exc}", upstream=upstream)
+    raise exc
+
+
+class Forwarder:
+    """Sends attempts for one upstream over its pooled session."""
+
+    def __init__(self, upstream: Upstream, session: aiohttp.ClientSession) -> None:
+        self.upstream = upstream
+        self.session = session
+        self._base = str(upstream.url).rstrip("/")
+
+    def url_for(self, path: str, query: str) -> URL:
+        return URL(self._base + path + ("?" + query if query else ""), encoded=True)
+
+    async def send(self, out: Outgoing, timeouts: Timeouts, deadline: Deadline) -> aiohttp.ClientResponse:
+        """Response headers within the deadline; the body is left for the caller to stream or read."""
+        remaining = deadline.remaining()
+        if remaining <= 0:
+            raise UpstreamTimeout("total", deadline.budget, upstream=self.upstream.name, sent=False)
+        watchdog = WriteWatchdog(timeouts.write)
+        total = asyncio.timeout(remaining)
+        try:
+            async with total, watchdog.watching() as write_timer:
+                return await self.session.request(
+                    out.method,
+                    out.url,
+                    headers=out.headers,
+                    data=out.body.payload(watchdog),
+                    allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(
+                        total=None, connect=None, sock_connect=timeouts.connect, sock_read=timeouts.read
+                    ),
+                )
+        except TimeoutError as exc:
+            if isinstance(exc, aiohttp.ServerTimeoutError):
+                raise classify(exc, self.upstream.name, timeouts) from exc
+            if write_timer.expired():
+                raise UpstreamTimeout("write", timeouts.write, upstream=self.upstream.name) from exc
+            raise UpstreamTimeout("total", deadline.budget, upstream=self.upstream.name) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise classify(exc, self.upstream.name, timeouts) from exc

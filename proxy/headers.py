@@ -1,0 +1,46 @@
+"""Header hygiene for both directions: hop-by-hop headers stay on their hop, secrets stay out of logs."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterable
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+REQUEST_ID = "X-Request-ID"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+SECRET_HEADERS = frozenset({"authorization", "apikey", "x-goog-api-key", "proxy-authorization", "cookie"})
+
+
+def _dropped(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:
+    """Hop-by-hop names, plus any header the `Connection` header names (RFC 9110 §7.6.1)."""
+    names = set(HOP_BY_HOP)
+    for value in headers.getall("Connection", ()):
+        names.update(token.strip().lower() for token in value.split(",") if token.strip())
+    return names
+
+
+def end_to_end(headers: CIMultiDictProxy[str] | CIMultiDict[str], also_drop: Iterable[str] = ()) -> CIMultiDict[str]:
+    dropped = _dropped(headers) | {h.lower() for h in also_drop}
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in dropped)
+
+
+def request_id(incoming: str | None) -> str:
+    """Keep the caller's id so one id follows a request through every log; else make one."""
+    if incoming and _VALID_REQUEST_ID.match(incoming):
+        return incoming
+    return uuid.uuid4().hex

@@ -1,0 +1,67 @@
+"""Bulkheads: at most `max_concurrent` requests in flight per upstream and `max_queue` waiting.
+
+Beyond that the answer is an immediate 503 `overloaded`; a queued request waits at most the route's
+`pool` timeout. A hung upstream can only ever occupy its own slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+from collections.abc import AsyncIterator
+
+from proxy.errors import Overloaded, UpstreamTimeout
+from proxy.policy import Limits
+
+
+class Bulkhead:
+    def __init__(self, upstream: str, limits: Limits) -> None:
+        self.upstream = upstream
+        self.limits = limits
+        self.inflight = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    @property
+    def queued(self) -> int:
+        return len(self._waiters)
+
+    @contextlib.asynccontextmanager
+    async def slot(self, pool_timeout: float) -> AsyncIterator[None]:
+        await self._acquire(pool_timeout)
+        try:
+            yield
+        finally:
+            self._release()
+
+    async def _acquire(self, pool_timeout: float) -> None:
+        if self.inflight < self.limits.max_concurrent and not self._waiters:
+            self.inflight += 1
+            return
+        if len(self._waiters) >= self.limits.max_queue:
+            raise Overloaded(
+                f"{self.inflight} requests in flight and {len(self._waiters)} queued (limits reached)",
+                upstream=self.upstream,
+            )
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            async with asyncio.timeout(pool_timeout):
+                await waiter  # the releasing request hands its slot over: inflight is unchanged
+        except TimeoutError:
+            raise UpstreamTimeout("pool", pool_timeout, upstream=self.upstream, sent=False) from None
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self._release()  # the slot was handed to us just as we gave up: pass it on
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+
+    def _release(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.inflight -= 1

@@ -1,0 +1,67 @@
+"""Prometheus metrics, in a registry owned by the runtime (not the global one), so several sidecars
+and the tests can live in one process. Label values are bounded: upstream and route *names*, never paths.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# 5 ms .. 60 s: from a cache hit to the slowest media download the policy allows.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0)
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str) -> str:
+    return method if method in KNOWN_METHODS else "OTHER"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "egress_requests_total", "Requests answered, by upstream, route, method and status code",
+            ["upstream", "route", "method", "code"], registry=r,
+        )
+        self.duration = Histogram(
+            "egress_request_duration_seconds", "Time from request received to response finished",
+            ["upstream", "route"], buckets=DURATION_BUCKETS, registry=r,
+        )
+        self.upstream_errors = Counter(
+            "egress_upstream_errors_total", "Failed attempts, by upstream and egress error reason",
+            ["upstream", "reason"], registry=r,
+        )
+        self.inflight = Gauge(
+            "egress_inflight_requests", "Requests being handled, by upstream", ["upstream"], registry=r
+        )
+        self.retries = Counter(
+            "egress_retries_total", "Retries made, by upstream, route and what was retried",
+            ["upstream", "route", "reason"], registry=r,
+        )
+        self.budget_exhausted = Counter(
+            "egress_retry_budget_exhausted_total", "Retries refused because the retry budget was spent",
+            ["upstream"], registry=r,
+        )
+        self.breaker_state = Gauge(
+            "egress_breaker_state", "Breaker state: 0 closed, 1 half-open, 2 open", ["breaker"], registry=r
+        )
+        self.breaker_transitions = Counter(
+            "egress_breaker_transitions_total", "Breaker state changes, by target state", ["breaker", "to"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "egress_rejected_total", "Requests refused without contacting the upstream",
+            ["upstream", "reason"], registry=r,
+        )
+        self.cache_requests = Counter(
+            "egress_cache_requests_total", "Cache lookups by result (HIT, MISS, STALE, BYPASS, REFRESH)",
+            ["upstream", "route", "result"], registry=r,
+        )
+        self.cache_errors = Counter(
+            "egress_cache_errors_total", "Cache backend operations that failed or timed out", ["backend"],
+            registry=r,
+        )
+        self.cache_entries = Gauge("egress_cache_entries", "Entries in the memory cache", registry=r)
+        self.cache_bytes = Gauge("egress_cache_bytes", "Body bytes held by the memory cache", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

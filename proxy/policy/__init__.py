@@ -1,0 +1,41 @@
+"""Policy layer: YAML text -> validated, immutable, typed objects."""
+
+from proxy.policy.loader import load_policy, parse_policy
+from proxy.policy.model import (
+    IDEMPOTENT_METHODS,
+    Address,
+    AdminSettings,
+    BreakerPolicy,
+    CacheSettings,
+    Conditions,
+    Limits,
+    Policy,
+    RetryPolicy,
+    Route,
+    RouteCache,
+    ThrottleRule,
+    Timeouts,
+    Upstream,
+)
+from proxy.policy.source import PolicyError, Problem
+
+__all__ = [
+    "IDEMPOTENT_METHODS",
+    "Address",
+    "AdminSettings",
+    "BreakerPolicy",
+    "CacheSettings",
+    "Conditions",
+    "Limits",
+    "Policy",
+    "PolicyError",
+    "Problem",
+    "RetryPolicy",
+    "Route",
+    "RouteCache",
+    "ThrottleRule",
+    "Timeouts",
+    "Upstream",
+    "load_policy",
+    "parse_policy",
+]

@@ -1,0 +1,126 @@
+"""The effective policy as plain JSON-able data, with secrets redacted (for `check` and `GET /policy`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from yarl import URL
+
+from proxy.policy.model import (
+    BreakerPolicy,
+    Conditions,
+    Limits,
+    Policy,
+    RetryPolicy,
+    Route,
+    Timeouts,
+    Upstream,
+)
+from proxy.policy.units import format_duration
+
+REDACTED = "<redacted>"
+SECRET_QUERY_KEYS = frozenset({"key", "access_token", "token", "apikey", "api_key", "password", "secret"})
+
+
+def redact_url(url: URL | str) -> str:
+    """Credentials in a URL (`user:pass@`, `?access_token=`) never reach a log or the admin port."""
+    parsed = URL(str(url))
+    if parsed.password or parsed.user:
+        parsed = parsed.with_user(REDACTED if parsed.user else None).with_password(
+            REDACTED if parsed.password else None
+        )
+    if parsed.query and any(k.lower() in SECRET_QUERY_KEYS for k in parsed.query):
+        parsed = parsed.with_query(
+            [(k, REDACTED if k.lower() in SECRET_QUERY_KEYS else v) for k, v in parsed.query.items()]
+        )
+    return str(parsed)
+
+
+def _timeouts(t: Timeouts) -> dict[str, str]:
+    return {k: format_duration(getattr(t, k)) for k in ("connect", "read", "write", "pool", "total")}
+
+
+def _conditions(c: Conditions) -> list[str | int]:
+    return c.describe()
+
+
+def _retry(r: RetryPolicy) -> dict[str, Any]:
+    return {
+        "attempts": r.attempts,
+        "backoff": {"base": format_duration(r.backoff.base), "max": format_duration(r.backoff.max)},
+        "on": _conditions(r.on),
+        "budget": {"ratio": r.budget.ratio, "min_per_second": r.budget.min_per_second},
+        "max_body": r.max_body,
+    }
+
+
+def _breaker(b: BreakerPolicy) -> dict[str, Any]:
+    return {"failures": b.failures, "reset_after": format_duration(b.reset_after), "count": _conditions(b.count)}
+
+
+def _limits(limits: Limits) -> dict[str, Any]:
+    return {
+        "max_concurrent": limits.max_concurrent,
+        "max_queue": limits.max_queue,
+        "max_request_body": limits.max_request_body,
+    }
+
+
+def _route(route: Route) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "name": route.name,
+        "match": f"{route.method or 'ANY'} {route.glob}",
+        "timeouts": _timeouts(route.timeouts),
+        "retry": _retry(route.retry),
+        "breaker": {"name": route.breaker_name, **_breaker(route.breaker)},
+        "idempotent": route.idempotent,
+    }
+    if route.cache is not None:
+        c = route.cache
+        out["cache"] = {
+            "ttl": format_duration(c.ttl),
+            "stale_if_error": format_duration(c.stale_if_error),
+            "invalidate_on_write": c.invalidate_on_write,
+            "statuses": sorted(c.statuses),
+            "vary": list(c.vary),
+            "override": c.override,
+        }
+    return out
+
+
+def _upstream(u: Upstream) -> dict[str, Any]:
+    return {
+        "url": redact_url(u.url),
+        "headers": {name: REDACTED for name, _ in u.headers},
+        "limits": _limits(u.limits),
+        "throttle": [
+            {
+                "status": t.status,
+                "field": t.field,
+                "codes": sorted(t.codes),
+                "delay_field": t.delay_field,
+                "delay": format_duration(t.delay),
+            }
+            for t in u.throttle
+        ],
+        "routes": [_route(r) for r in (*u.routes, u.default_route)],
+    }
+
+
+def effective_policy(policy: Policy) -> dict[str, Any]:
+    cache = policy.cache
+    return {
+        "source": policy.source,
+        "listen": str(policy.listen),
+        "admin": {"listen": str(policy.admin.listen), "token": REDACTED if policy.admin.token else None},
+        "shutdown_grace": format_duration(policy.shutdown_grace),
+        "cache": {
+            "backend": cache.backend,
+            "redis_url": redact_url(cache.redis_url),
+            "max_entries": cache.max_entries,
+            "max_bytes": cache.max_bytes,
+            "max_body": cache.max_body,
+            "op_timeout": format_duration(cache.op_timeout),
+        },
+        "upstreams": {name: _upstream(u) for name, u in policy.upstreams.items()},
+    }

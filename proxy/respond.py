@@ -1,0 +1,90 @@
+"""Writing answers to the caller: an upstream response streamed through, or the sidecar's own error."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from proxy.errors import EgressError
+from proxy.headers import end_to_end
+from proxy.retry import Answer
+
+log = logging.getLogger("egress.respond")
+
+NO_BODY_STATUSES = frozenset({204, 304})
+EGRESS_ERROR_HEADER = "X-Egress-Error"
+
+
+@dataclass(slots=True)
+class Delivery:
+    """How the response went: bytes written and, if it broke mid-way, who broke it."""
+
+    sent: int = 0
+    broken: str | None = None  # "upstream_reset", "upstream_timeout" or "client_disconnected"
+
+
+def error_response(error: EgressError, extra: Mapping[str, str]) -> web.Response:
+    body = {"error": error.reason, "upstream": error.upstream, "detail": error.detail}
+    headers = {EGRESS_ERROR_HEADER: error.reason, **error.headers(), **extra}
+    return web.Response(
+        status=error.status, body=json.dumps(body).encode(), content_type="application/json", headers=headers
+    )
+
+
+def _response_head(answer: Answer, extra: Mapping[str, str]) -> web.StreamResponse:
+    upstream = answer.response
+    out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    headers = end_to_end(upstream.headers)
+    if answer.body is not None and upstream.status not in NO_BODY_STATUSES:
+        headers["Content-Length"] = str(len(answer.body))  # already read: the length is now known
+    out.headers.extend(headers)
+    out.headers.update(extra)
+    return out
+
+
+async def send_answer(request: web.BaseRequest, answer: Answer, extra: Mapping[str, str]) -> tuple[
+    web.StreamResponse, Delivery
+]:
+    """Stream the upstream's response through as it arrives (SSE chunks are not held back)."""
+    out = _response_head(answer, extra)
+    delivery = Delivery()
+    upstream = answer.response
+    try:
+        await out.prepare(request)
+        if answer.body is not None:
+            if request.method != "HEAD" and answer.body:
+                await out.write(answer.body)
+                delivery.sent = len(answer.body)
+        elif request.method != "HEAD" and upstream.status not in NO_BODY_STATUSES:
+            try:
+                async for chunk in upstream.content.iter_any():
+                    await out.write(chunk)
+                    delivery.sent += len(chunk)
+            except (aiohttp.ClientPayloadError, aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+                delivery.broken = "upstream_reset"
+                _abort(request, out, f"upstream broke the response after {delivery.sent} bytes: {exc}")
+                return out, delivery
+            except TimeoutError:
+                delivery.broken = "upstream_timeout"
+                _abort(request, out, f"upstream stalled (read timeout) after {delivery.sent} bytes")
+                return out, delivery
+        await out.write_eof()
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        delivery.broken = "client_disconnected"
+        upstream.close()  # its body was not read to the end: the connection cannot go back to the pool
+        return out, delivery
+    upstream.release()
+    return out, delivery
+
+
+def _abort(request: web.BaseRequest, out: web.StreamResponse, message: str) -> None:
+    """Never finish a truncated body cleanly: closing the connection is how the caller learns it broke."""
+    log.warning(message)
+    out.force_close()
+    if request.transport is not None:
+        request.transport.close()

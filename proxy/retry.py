@@ -1,0 +1,201 @@
+"""The retry loop: backoff with full jitter, the idempotency rule, Retry-After and throttling, the retry
+budget and the deadline, with the breaker gate in front of every attempt.
+
+The one rule that matters most: a request that is not idempotent (a WhatsApp send) is replayed only
+when it provably never reached the upstream, or when the upstream said "throttled" (it was rejected,
+not processed). A reset or timeout after the body left is returned to the caller, never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiohttp
+import backoff
+
+from proxy.breaker import Breaker, Trial
+from proxy.budget import RetryBudgetWindow
+from proxy.deadline import Deadline
+from proxy.errors import CircuitOpen, EgressError, UpstreamReset
+from proxy.policy import IDEMPOTENT_METHODS, Route, ThrottleRule
+from proxy.throttle import RETRY_AFTER_STATUSES, ThrottleClock, needs_body, retry_after_seconds, throttle_delay
+
+log = logging.getLogger("egress.retry")
+
+IDEMPOTENCY_KEY = "Idempotency-Key"
+DISCARD_LIMIT = 64 * 1024  # bodies of responses we retry past are drained (keeping the connection) up to this
+
+
+@dataclass(slots=True)
+class Answer:
+    """An upstream response whose headers arrived. `body` is set once the sidecar has read it."""
+
+    response: aiohttp.ClientResponse
+    body: bytes | None = None
+
+    @property
+    def status(self) -> int:
+        return self.response.status
+
+    async def read(self) -> bytes:
+        if self.body is None:
+            self.body = await self.response.read()
+        return self.body
+
+    async def discard(self) -> None:
+        """Done with this response without passing it on: keep the connection if that is cheap."""
+        length = self.response.content_length
+        if self.body is None and length is not None and length <= DISCARD_LIMIT:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
+                async with asyncio.timeout(1.0):
+                    await self.response.read()
+        self.response.release() if self.body is not None or self.response.closed else self.response.close()
+
+    def close(self) -> None:
+        self.response.close()
+
+
+Outcome = Answer | EgressError
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    retry: bool
+    reason: str  # the condition, for logs and `egress_retries_total{reason}`
+    wait: float = 0.0
+    why_not: str = ""
+
+
+@dataclass(slots=True)
+class RetryContext:
+    """What the loop needs about one request."""
+
+    upstream: str
+    route: Route
+    method: str
+    idempotent: bool
+    deadline: Deadline
+    breaker: Breaker
+    budget: RetryBudgetWindow
+    throttle: ThrottleClock
+    throttle_rules: tuple[ThrottleRule, ...]
+    replayable: Callable[[], bool]
+    on_retry: Callable[[str], None]
+    on_budget_exhausted: Callable[[], None]
+    attempts: int = 0
+
+
+def is_idempotent(method: str, route: Route, idempotency_key: str | None) -> bool:
+    return method in IDEMPOTENT_METHODS or route.idempotent or bool(idempotency_key)
+
+
+def breaker_failure(outcome: Outcome, route: Route) -> str | None:
+    """The outcome as the breaker's `count` sees it: a counted failure's name, or None (healthy)."""
+    count = route.breaker.count
+    if isinstance(outcome, EgressError):
+        return outcome.outcome if outcome.outcome and count.matches(outcome.outcome) else None
+    return str(outcome.status) if count.matches_status(outcome.status) else None
+
+
+class RetryLoop:
+    def __init__(self, ctx: RetryContext) -> None:
+        self.ctx = ctx
+        policy = ctx.route.retry
+        self._waits = backoff.expo(base=2, factor=policy.backoff.base, max_value=policy.backoff.max)
+        next(self._waits)  # backoff's generators are primed with one next()
+
+    async def run(self, attempt: Callable[[Trial], Awaitable[Outcome]]) -> Outcome:
+        """Attempts until one is final; returns the last answer or error (never raises EgressError)."""
+        ctx = self.ctx
+        ctx.budget.record_request()
+        last: Outcome | None = None
+        while True:
+            try:
+                await ctx.throttle.wait(ctx.deadline)
+                trial = ctx.breaker.admit(ctx.upstream)
+            except EgressError as refused:
+                # A loop stops at once when its breaker opens: the caller gets the last real answer if any.
+                if last is None or not isinstance(refused, CircuitOpen):
+                    return refused
+                return last
+            ctx.attempts += 1
+            outcome = await attempt(trial)
+            if isinstance(outcome, Answer) and needs_body(ctx.throttle_rules, outcome.status):
+                outcome = await self._read_small(outcome)
+            verdict = self.decide(outcome)
+            if not verdict.retry:
+                if verdict.why_not:
+                    log.info("Not retrying %s %s %s: %s", ctx.upstream, ctx.method, ctx.route.name, verdict.why_not)
+                return outcome
+            log.warning(
+                "Retrying %s %s %s attempt %d/%d in %dms (reason: %s)",
+                ctx.upstream, ctx.method, ctx.route.name, ctx.attempts + 1, ctx.route.retry.attempts,
+                round(verdict.wait * 1000), verdict.reason,
+            )
+            ctx.on_retry(verdict.reason)
+            if isinstance(outcome, Answer):
+                await outcome.discard()
+            last = outcome
+            await asyncio.sleep(verdict.wait)
+
+    async def _read_small(self, answer: Answer) -> Answer | EgressError:
+        """Throttle signals hide in bodies (WhatsApp's 400 + code 130429): read them, within the deadline."""
+        try:
+            async with asyncio.timeout(max(self.ctx.deadline.remaining(), 0.001)):
+                await answer.read()
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            answer.close()
+            return UpstreamReset("the response body was cut short", upstream=self.ctx.upstream)
+        return answer
+
+    def decide(self, outcome: Outcome) -> Verdict:
+        ctx = self.ctx
+        policy = ctx.route.retry
+        if isinstance(outcome, EgressError):
+            reason = outcome.outcome or outcome.reason
+            if not policy.on.matches(reason):
+                return Verdict(False, reason)
+            if outcome.sent and not ctx.idempotent:
+                return Verdict(False, reason, why_not=f"{reason} after the request may have reached the upstream "
+                               "and the request is not idempotent")
+            retry_after: float | None = None
+        else:
+            status = outcome.status
+            delay = throttle_delay(
+                ctx.throttle_rules, status, outcome.response.headers.get("Retry-After"), outcome.body
+            )
+            if delay is not None:
+                reason = "throttled"
+                if delay > 0:
+                    ctx.throttle.note(delay)
+                retry_after = delay  # rejected, not processed: replay is safe whatever the method
+            elif policy.on.matches_status(status):
+                reason = str(status)
+                if not ctx.idempotent:
+                    return Verdict(False, reason, why_not=f"{status} and the request is not idempotent")
+                header = outcome.response.headers.get("Retry-After") if status in RETRY_AFTER_STATUSES else None
+                retry_after = retry_after_seconds(header)
+            else:
+                return Verdict(False, str(status))
+        return self._schedule(reason, retry_after)
+
+    def _schedule(self, reason: str, retry_after: float | None) -> Verdict:
+        ctx = self.ctx
+        policy = ctx.route.retry
+        if ctx.attempts >= policy.attempts:
+            return Verdict(False, reason)
+        if not ctx.replayable():
+            return Verdict(False, reason, why_not="the request body was streamed (over retry.max_body)")
+        if retry_after is not None and retry_after > policy.backoff.max:
+            return Verdict(False, reason, why_not=f"the upstream asked for {retry_after:.1f}s, over backoff.max")
+        wait = max(backoff.full_jitter(next(self._waits)), retry_after or 0.0)
+        if wait >= ctx.deadline.remaining():
+            return Verdict(False, reason, why_not="no time left before the deadline")
+        if not ctx.budget.try_spend():
+            ctx.on_budget_exhausted()
+            return Verdict(False, reason, why_not="the retry budget is spent")
+        return Verdict(True, reason, wait)

@@ -1,0 +1,97 @@
+"""The sidecar process: data plane and admin server in one event loop, with a graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+
+from aiohttp import web
+
+from proxy.admin import AdminState, build_admin_app
+from proxy.pipeline import Pipeline
+from proxy.policy import Address, Policy, PolicyError, Problem
+from proxy.runtime import Runtime
+
+log = logging.getLogger("egress.server")
+
+
+def _bound_port(runner: web.BaseRunner) -> int:
+    return int(runner.addresses[0][1])
+
+
+class Sidecar:
+    """Start, serve, stop. `data_port` / `admin_port` are the bound ports (useful with port 0)."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self.runtime: Runtime | None = None
+        self.admin_state: AdminState | None = None
+        self._data_runner: web.ServerRunner | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self.data_port = 0
+        self.admin_port = 0
+
+    async def start(self) -> None:
+        policy = self.policy
+        self.runtime = Runtime(policy)
+        self.admin_state = AdminState(self.runtime)
+        if not policy.admin.listen.is_loopback:
+            log.warning("admin port bound to %s: it is reachable beyond this host", policy.admin.listen)
+        self._admin_runner = web.AppRunner(build_admin_app(self.admin_state), access_log=None)
+        await self._admin_runner.setup()
+        await self._bind(self._admin_runner, policy.admin.listen, "admin")
+        self.admin_port = _bound_port(self._admin_runner)
+        server = web.Server(Pipeline(self.runtime), access_log=None)
+        self._data_runner = web.ServerRunner(server, shutdown_timeout=policy.shutdown_grace)
+        await self._data_runner.setup()
+        await self._bind(self._data_runner, policy.listen, "listen")
+        self.data_port = _bound_port(self._data_runner)
+        self.admin_state.ready = True
+        log.info(
+            "egress sidecar listening on %s:%d (admin %s:%d), %d upstreams from %s",
+            policy.listen.host, self.data_port, policy.admin.listen.host, self.admin_port,
+            len(policy.upstreams), policy.source,
+        )
+
+    async def _bind(self, runner: web.BaseRunner, address: Address, key: str) -> web.TCPSite:
+        site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            reason = "address already in use" if exc.errno == errno.EADDRINUSE else exc.strerror
+            problem = Problem(self.policy.source, address.line, key, f"cannot listen on {address}: {reason}")
+            raise PolicyError([problem]) from None
+        return site
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish within `shutdown_grace`, then close upstream pools."""
+        if self.admin_state is not None:
+            self.admin_state.ready = False
+        if self._data_runner is not None:
+            await self._data_runner.cleanup()
+            self._data_runner = None
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+            self._admin_runner = None
+        if self.runtime is not None:
+            await self.runtime.close()
+            self.runtime = None
+
+
+async def serve(policy: Policy) -> None:
+    """Run until SIGTERM / SIGINT, then stop gracefully."""
+    sidecar = Sidecar(policy)
+    await sidecar.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+        log.info("stopping: no new connections, waiting up to %.0fs for in-flight requests", policy.shutdown_grace)
+    finally:
+        await sidecar.stop()
+        log.info("stopped")

@@ -1,0 +1,123 @@
+"""Throttling: recognise "slow down" however a provider says it, and share what was learnt.
+
+`Retry-After` (seconds or an HTTP date), Gemini's `google.rpc.RetryInfo.retryDelay` inside a 429 body and
+WhatsApp's HTTP 400 with `error.code` 130429 all become one thing: a delay. The upstream's `ThrottleClock`
+then holds every other request to it until the delay has passed, instead of each hitting the limit again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator, Sequence
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from proxy.deadline import Deadline
+from proxy.errors import Throttled
+from proxy.policy import ThrottleRule
+from proxy.policy.units import parse_duration
+
+THROTTLE_STATUS = 429
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """`Retry-After: 7` or `Retry-After: Wed, 21 Oct 2026 07:28:00 GMT` -> seconds from now."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _walk(data: Any, path: str) -> Iterator[Any]:
+    """Values at a dotted JSON path; `name[]` walks every element of a list (`error.details[].retryDelay`)."""
+    values = [data]
+    for part in path.split("."):
+        each = part.endswith("[]")
+        key = part[:-2] if each else part
+        step: list[Any] = []
+        for value in values:
+            if isinstance(value, dict) and key in value:
+                found = value[key]
+                if each and isinstance(found, list):
+                    step.extend(found)
+                elif not each:
+                    step.append(found)
+        values = step
+    yield from values
+
+
+def _delay_value(raw: Any) -> float | None:
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        return float(raw)
+    if isinstance(raw, str):
+        text = raw.strip()
+        try:
+            return parse_duration(text)  # "7s", "1.5s", "500ms" (protobuf Duration JSON is "7s")
+        except ValueError:
+            return retry_after_seconds(text)
+    return None
+
+
+def needs_body(rules: Sequence[ThrottleRule], status: int) -> bool:
+    return any(rule.status == status and (rule.field or rule.delay_field) for rule in rules)
+
+
+def throttle_delay(
+    rules: Sequence[ThrottleRule], status: int, retry_after: str | None, body: bytes | None
+) -> float | None:
+    """The delay this response asks for if it says "throttled", else None."""
+    parsed: Any = None
+    if body:
+        try:
+            parsed = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            parsed = None
+    header_delay = retry_after_seconds(retry_after)
+    for rule in rules:
+        if rule.status != status:
+            continue
+        if rule.field and not any(str(v) in rule.codes for v in _walk(parsed, rule.field)):
+            continue
+        if header_delay is not None:
+            return header_delay
+        if rule.delay_field:
+            for raw in _walk(parsed, rule.delay_field):
+                delay = _delay_value(raw)
+                if delay is not None:
+                    return delay
+        return rule.delay
+    if status == THROTTLE_STATUS:
+        return header_delay if header_delay is not None else 0.0
+    return None
+
+
+class ThrottleClock:
+    """Per upstream: until when the upstream asked to be left alone."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream = upstream
+        self._until = 0.0
+
+    def note(self, delay: float) -> None:
+        self._until = max(self._until, time.monotonic() + delay)
+
+    def remaining(self) -> float:
+        return max(0.0, self._until - time.monotonic())
+
+    async def wait(self, deadline: Deadline) -> None:
+        """Wait out a known throttle, or fail fast with 503 `throttled` if it outlasts the deadline."""
+        delay = self.remaining()
+        if delay <= 0:
+            return
+        if delay >= deadline.remaining():
+            raise Throttled(f"the upstream asked for {delay:.1f}s of quiet", upstream=self.upstream, retry_after=delay)
+        await asyncio.sleep(delay)

@@ -1,0 +1,53 @@
+"""Shared fixtures: real loopback upstreams that fail on command, real sidecars, a real client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+import pytest
+
+from tests.support.sidecar import RunningSidecar, start_sidecar
+from tests.support.upstream import FaultyUpstream
+
+MakeUpstream = Callable[[], Awaitable[FaultyUpstream]]
+MakeSidecar = Callable[..., Awaitable[RunningSidecar]]
+
+
+@pytest.fixture
+async def make_upstream() -> AsyncIterator[MakeUpstream]:
+    started: list[FaultyUpstream] = []
+
+    async def make() -> FaultyUpstream:
+        upstream = await FaultyUpstream().start()
+        started.append(upstream)
+        return upstream
+
+    yield make
+    for upstream in started:
+        await upstream.stop()
+
+
+@pytest.fixture
+async def upstream(make_upstream: MakeUpstream) -> FaultyUpstream:
+    return await make_upstream()
+
+
+@pytest.fixture
+async def make_sidecar() -> AsyncIterator[MakeSidecar]:
+    running: list[RunningSidecar] = []
+
+    async def make(body: str, environ: dict[str, str] | None = None) -> RunningSidecar:
+        sidecar = await start_sidecar(body, environ)
+        running.append(sidecar)
+        return sidecar
+
+    yield make
+    for sidecar in running:
+        await sidecar.sidecar.stop()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session

@@ -1,0 +1,273 @@
+"""A real upstream on a loopback port that fails on command: the one fault server every proxy test uses.
+
+Tests script it with `upstream.script(...)` (one behaviour per coming request) or `upstream.default = ...`,
+and read back what reached it: `upstream.requests` (every request, with its raw path and body) and
+`upstream.deliveries` (requests whose body was fully received, i.e. "processed", even if the
+connection was then dropped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from multidict import CIMultiDictProxy
+
+Behaviour = Callable[[web.BaseRequest, "Recorded"], Awaitable[web.StreamResponse | None]]
+
+
+@dataclass
+class Recorded:
+    method: str
+    raw_path: str
+    headers: CIMultiDictProxy[str]
+    body: bytes = b""
+    delivered: bool = False
+
+
+@dataclass
+class FaultyUpstream:
+    host: str = "127.0.0.1"
+    requests: list[Recorded] = field(default_factory=list)
+    default: Behaviour | None = None
+    _script: collections.deque[Behaviour] = field(default_factory=collections.deque)
+    _runner: web.ServerRunner | None = None
+    port: int = 0
+    read_body: bool = True
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def deliveries(self) -> int:
+        return sum(1 for r in self.requests if r.delivered)
+
+    def script(self, *behaviours: Behaviour) -> None:
+        self._script.extend(behaviours)
+
+    async def start(self) -> FaultyUpstream:
+        self._runner = web.ServerRunner(web.Server(self._handle), access_log=None, shutdown_timeout=0.5)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        behaviour = self._script.popleft() if self._script else (self.default or respond())
+        record = Recorded(request.method, request.raw_path, request.headers)
+        self.requests.append(record)
+        response = await behaviour(request, record)
+        if response is None:  # the behaviour dropped the connection
+            raise ConnectionResetError("dropped on purpose")
+        return response
+
+
+async def _read(request: web.BaseRequest, record: Recorded) -> None:
+    record.body = await request.read()
+    record.delivered = True
+
+
+# -- behaviours ------------------------------------------------------------------------------------------
+
+
+def respond(
+    status: int = 200, body: bytes | str | dict[str, object] = b"ok", headers: dict[str, str] | None = None
+) -> Behaviour:
+    if isinstance(body, dict):
+        payload = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", **(headers or {})}
+    else:
+        payload = body.encode() if isinstance(body, str) else body
+
+    async def behaviour(request: web.BaseRequest, record: Recorded) -> web.StreamResponse:
+        await _read(request, record)
+        return web.Response(status=status, body=payload if status not in (204, 304) else None, headers=headers)
+
+    return behaviour
+
+
+def echo() -> Behaviour:
+    """Answer with what arrived: method, raw path, headers (multi-valued as lists), body length and text."""
+
+    async def behaviour(request: web.BaseRequest, record: Recorded) -> web.StreamResponse:
+        await _read(request, record)
+        headers: dict[str, list[str]] = {}
+        for k, v in request.headers.items():
+            headers.setdefault(k.lower(), []).append(v)
+        return web.json_response(
+            {
+                "method": request.method,
+                "path": request.raw_path,
+                "headers": headers,
+                "body_length": len(record.body),
+                "body": record.body.decode(errors="replace")[:1000],
+            }
+        )
+
+    return behaviour
+
+
+def hang() -> Behaviour:
+    async def behaviour(request: web.BaseRequest, record: Recorded) -> web.StreamResponse:
+        await _read(request, record)
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    return behaviour
+
+
+def delay(seconds: float, then: Behaviour | None = None) -> Behaviour:
+    after = then or respond()
+
+    async def behaviour(request: web.BaseRequest, record: Recorded) -> web.StreamResponse | None:
+        await asyncio.sleep(seconds)
+        return await after(request, record)
+
+    return behaviour
+
+
+def reset_before_body() -> Behaviour:
+    """Drop the connection as soon as the request line and headers arrive."""
+
+    async def behaviour(request: web.BaseRequest, record: Recorded) -> None:
+        assert request.transport is not None
+        request.transport.abort()
+        return None
+
+    return behaviour
+
+
+def reset_after_body() -> Behaviour:
+    """Read (and so process) the whole request, then drop the connection without answering."""
+
+    async def behaviour(request: web.BaseRequest, record: Recorded) -> None:
+        await _read(request, record)
+        assert request.transport is not None
+        request.transport.abort()
+        return None
+
+    return behaviour
+
+
+def never_read_body() -> Behaviour:
+    """Accept the request but never read its body, so the sender's writes stall."""
+
+    async def behaviour(request: web.BaseRequest, record: Recorded) -> web.StreamResponse:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    return behaviour
+
+
+def stream(chunks: list[bytes], gap: float = 0.0, headers: dict[str, str] | None = None) -> Behaviour:
+    async def behaviour(request: web.BaseRequest, record: Recorded) -> web.StreamResponse:
+        await _read(request, record)
+        response = web.StreamResponse(headers=headers or {"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        for chunk in chunks:
+            await response.write(chunk)
+            if gap:
+                await asyncio.sleep(gap)
+        await response.write_eof()
+        return response
+
+    return behaviour
+
+
+def big_body(size: int, chunk: int = 256 * 1024) -> Behaviour:
+    """`size` bytes generated on the fly, with Content-Length."""
+
+    async def behaviour(request: web.BaseRequest, record: Recorded) -> web.StreamResponse:
+        await _read(request, record)
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.content_length = size
+        await response.prepare(request)
+        block = b"x" * chunk
+        sent = 0
+        while sent < size:
+            part = block[: min(chunk, size - sent)]
+            await response.write(part)
+            sent += len(part)
+        await response.write_eof()
+        return response
+
+    return behaviour
+
+
+def count_body() -> Behaviour:
+    """Consume a (large) body chunk by chunk without keeping it; answer with its size."""
+
+    async def behaviour(request: web.BaseRequest, record: Recorded) -> web.StreamResponse:
+        total = 0
+        async for chunk in request.content.iter_any():
+            total += len(chunk)
+        record.delivered = True
+        return web.json_response({"received": total})
+
+    return behaviour
+
+
+def cut_stream(first: bytes, size: int) -> Behaviour:
+    """Promise `size` bytes, send `first`, then drop the connection."""
+
+    async def behaviour(request: web.BaseRequest, record: Recorded) -> None:
+        await _read(request, record)
+        response = web.StreamResponse()
+        response.content_length = size
+        await response.prepare(request)
+        await response.write(first)
+        await asyncio.sleep(0.05)
+        assert request.transport is not None
+        request.transport.abort()
+        return None
+
+    return behaviour
+
+
+# -- sockets that misbehave below HTTP --------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A loopback port with nothing listening (connection refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class BlackholeListener:
+    """A listening socket whose accept queue is full, so new connections never complete (connect timeout)."""
+
+    def __init__(self) -> None:
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(0)
+        self.port = int(self.server.getsockname()[1])
+        self._fillers: list[socket.socket] = []
+        for _ in range(3):
+            filler = socket.socket()
+            filler.setblocking(False)
+            try:
+                filler.connect(("127.0.0.1", self.port))
+            except BlockingIOError:
+                pass
+            self._fillers.append(filler)
+
+    def close(self) -> None:
+        for s in self._fillers:
+            s.close()
+        self.server.close()
+
+
+async def chunks_of(stream: AsyncIterator[bytes]) -> list[bytes]:
+    return [chunk async for chunk in stream]
