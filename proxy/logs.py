@@ -9,19 +9,13 @@ import sys
 import time
 from typing import Any
 
-from proxy.policy.render import REDACTED, SECRET_QUERY_KEYS
+from proxy.policy.render import redact_query
 
 access_log = logging.getLogger("egress.access")
 
 
 def redact_target(path: str, query: str) -> str:
-    if not query:
-        return path
-    parts = []
-    for pair in query.split("&"):
-        key, eq, _ = pair.partition("=")
-        parts.append(f"{key}={REDACTED}" if eq and key.lower() in SECRET_QUERY_KEYS else pair)
-    return f"{path}?{'&'.join(parts)}"
+    return f"{path}?{redact_query(query)}" if query else path
 
 
 class JsonFormatter(logging.Formatter):

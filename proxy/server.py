@@ -43,7 +43,9 @@ class Sidecar:
         await self._admin_runner.setup()
         await self._bind(self._admin_runner, policy.admin.listen, "admin")
         self.admin_port = _bound_port(self._admin_runner)
-        server = web.Server(Pipeline(self.runtime), access_log=None)
+        # A caller that hangs up cancels its request: the upstream call stops and its slot frees up
+        # (nginx's default too), instead of waiting out the read timeout for nobody.
+        server = web.Server(Pipeline(self.runtime), access_log=None, handler_cancellation=True)
         self._data_runner = web.ServerRunner(server, shutdown_timeout=policy.shutdown_grace)
         await self._data_runner.setup()
         await self._bind(self._data_runner, policy.listen, "listen")

@@ -9,7 +9,16 @@ import logging
 import signal
 import sys
 
-from .config import CONTROL, DEFAULT_PORTS, GEMINI, SERVERS, SUPABASE, WHATSAPP, WHATSAPP_MEDIA, SimulatorConfig
+from .config import (
+    CONTROL,
+    DEFAULT_PORTS,
+    GEMINI,
+    SERVERS,
+    SUPABASE,
+    WHATSAPP,
+    WHATSAPP_MEDIA,
+    SimulatorConfig,
+)
 from .server import run_simulator
 
 
@@ -26,20 +35,43 @@ def build_parser() -> argparse.ArgumentParser:
         (SUPABASE, "--supabase-port"),
         (CONTROL, "--control-port"),
     ):
-        parser.add_argument(flag, type=int, default=DEFAULT_PORTS[name], dest=f"port_{name}",
-                            help=f"port of the {name} server (default: %(default)s; 0 = any free port)")
+        parser.add_argument(
+            flag,
+            type=int,
+            default=DEFAULT_PORTS[name],
+            dest=f"port_{name}",
+            help=f"port of the {name} server (default: %(default)s; 0 = any free port)",
+        )
     defaults = SimulatorConfig()
     parser.add_argument("--gemini-key", default=defaults.gemini_api_key, help="valid Gemini API key")
-    parser.add_argument("--whatsapp-token", default=defaults.whatsapp_token, help="valid WhatsApp bearer token")
-    parser.add_argument("--supabase-anon-key", default=defaults.supabase_anon_key, help="valid Supabase apikey")
-    parser.add_argument("--supabase-service-key", default=defaults.supabase_service_key,
-                        help="second valid Supabase apikey (service role)")
-    parser.add_argument("--media-base-url", default=None,
-                        help="base URL put in media info answers (default: this simulator's media server)")
-    parser.add_argument("--media-size", type=int, default=defaults.default_media_size,
-                        help="default media download size in bytes (default: %(default)s)")
-    parser.add_argument("--stream-gap", type=float, default=defaults.stream_chunk_gap,
-                        help="seconds between Gemini stream chunks (default: %(default)s)")
+    parser.add_argument(
+        "--whatsapp-token", default=defaults.whatsapp_token, help="valid WhatsApp bearer token"
+    )
+    parser.add_argument(
+        "--supabase-anon-key", default=defaults.supabase_anon_key, help="valid Supabase apikey"
+    )
+    parser.add_argument(
+        "--supabase-service-key",
+        default=defaults.supabase_service_key,
+        help="second valid Supabase apikey (service role)",
+    )
+    parser.add_argument(
+        "--media-base-url",
+        default=None,
+        help="base URL put in media info answers (default: this simulator's media server)",
+    )
+    parser.add_argument(
+        "--media-size",
+        type=int,
+        default=defaults.default_media_size,
+        help="default media download size in bytes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--stream-gap",
+        type=float,
+        default=defaults.stream_chunk_gap,
+        help="seconds between Gemini stream chunks (default: %(default)s)",
+    )
     parser.add_argument("--access-log", action="store_true", help="log every request")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser

@@ -57,8 +57,14 @@ def google_throttle(retry_after: float) -> JSON:
     )
 
 
-def graph_error(message: str, code: int, *, type_: str = "OAuthException", subcode: int | None = None,
-                error_data: dict[str, JSON] | None = None) -> JSON:
+def graph_error(
+    message: str,
+    code: int,
+    *,
+    type_: str = "OAuthException",
+    subcode: int | None = None,
+    error_data: dict[str, JSON] | None = None,
+) -> JSON:
     error: dict[str, JSON] = {"message": message, "type": type_, "code": code}
     if subcode is not None:
         error["error_subcode"] = subcode
@@ -149,8 +155,9 @@ def status_body(upstream: str, route: str, status: int) -> JSON:
     return {"error": _phrase(status)}
 
 
-def throttle_response(upstream: str, route: str, retry_after: float | None, variant: str | None
-                      ) -> tuple[int, JSON, dict[str, str]]:
+def throttle_response(
+    upstream: str, route: str, retry_after: float | None, variant: str | None
+) -> tuple[int, JSON, dict[str, str]]:
     """Status, body and headers of a provider's rate-limit answer."""
     delay = 1.0 if retry_after is None else retry_after
     if upstream == GEMINI:

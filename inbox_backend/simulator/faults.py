@@ -33,7 +33,8 @@ _SETTABLE: Final = (
 class Fault:
     """One injected misbehaviour.
 
-    ``upstream`` is one of ``gemini``, ``whatsapp``, ``whatsapp_media``, ``supabase`` or ``*``.
+    ``upstream`` is one of ``gemini``, ``whatsapp``, ``whatsapp_media``, ``supabase``, or a glob
+    (``*`` = all, ``whatsapp*`` = Graph API and media host).
     ``route`` is a route name (``generate``, ``send_message``, ``rest:messages:POST`` ...) or a
     glob (``rest:*:GET``); ``None`` matches every route. Route matching is case-insensitive.
 
@@ -79,8 +80,10 @@ class Fault:
         self.validate()
 
     def validate(self) -> None:
-        if self.upstream != "*" and self.upstream not in UPSTREAMS:
-            raise ValueError(f"upstream must be one of {', '.join(UPSTREAMS)} or '*', not {self.upstream!r}")
+        if not isinstance(self.upstream, str) or not any(fnmatchcase(u, self.upstream) for u in UPSTREAMS):
+            raise ValueError(
+                f"upstream must be one of {', '.join(UPSTREAMS)} or a glob such as '*', not {self.upstream!r}"
+            )
         if self.kind not in FAULT_KINDS:
             raise ValueError(f"kind must be one of {', '.join(FAULT_KINDS)}, not {self.kind!r}")
         if self.route is not None and (not isinstance(self.route, str) or not self.route):
@@ -147,7 +150,7 @@ class Fault:
         }
 
     def matches(self, upstream: str, route: str) -> bool:
-        if self.upstream not in ("*", upstream):
+        if not fnmatchcase(upstream, self.upstream):
             return False
         return self.route is None or fnmatchcase(route.lower(), self.route.lower())
 
@@ -160,7 +163,9 @@ class Fault:
         self.matched += 1
         if self.ratio is None:
             return True
-        return math.floor(self.matched * self.ratio + 1e-9) > math.floor((self.matched - 1) * self.ratio + 1e-9)
+        return math.floor(self.matched * self.ratio + 1e-9) > math.floor(
+            (self.matched - 1) * self.ratio + 1e-9
+        )
 
 
 def _not_int(value: object) -> bool:

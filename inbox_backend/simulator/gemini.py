@@ -89,9 +89,9 @@ class _Generation:
         text = f"Echo: {last}"
         self.finish_reason = "STOP"
         config = body.get("generationConfig")
-        max_tokens = config.get("maxOutputTokens") if isinstance(config, dict) else None
-        limited = isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens > 0
-        if limited and _tokens(text) > max_tokens:
+        limit = config.get("maxOutputTokens") if isinstance(config, dict) else None
+        max_tokens = limit if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0 else 0
+        if max_tokens and _tokens(text) > max_tokens:
             text = text[: max_tokens * 4]
             self.finish_reason = "MAX_TOKENS"
         self.text = text
@@ -160,7 +160,9 @@ async def _parse(request: web.Request, state: SimulatorState) -> _Generation | R
     contents = body.get("contents")
     if not isinstance(contents, list) or not contents:
         return json_reply(
-            google_error(400, "* GenerateContentRequest.contents: contents is not specified\n", "INVALID_ARGUMENT"),
+            google_error(
+                400, "* GenerateContentRequest.contents: contents is not specified\n", "INVALID_ARGUMENT"
+            ),
             400,
         )
     return _Generation(model, body)
@@ -189,7 +191,9 @@ async def stream(request: web.Request, state: SimulatorState) -> Reply:
             if sse:
                 yield b"data: " + dumps(item) + b"\r\n\r\n"
             else:
-                yield (b"[" if i == 0 else b",\r\n") + dumps(item) + (b"]" if i == len(responses) - 1 else b"")
+                yield (
+                    (b"[" if i == 0 else b",\r\n") + dumps(item) + (b"]" if i == len(responses) - 1 else b"")
+                )
 
     headers = {"Cache-Control": "no-cache"} if sse else {}
     return Reply(200, body(), "text/event-stream" if sse else JSON_TYPE, headers)
@@ -211,6 +215,8 @@ async def _dispatch(request: web.Request, state: SimulatorState) -> Reply:
 def create_app(state: SimulatorState) -> web.Application:
     app = web.Application()
     app[STATE_KEY] = state
-    app.router.add_post(r"/{version:v1beta|v1|v1alpha}/models/{target}", endpoint(GEMINI, _route_name, _dispatch))
+    app.router.add_post(
+        r"/{version:v1beta|v1|v1alpha}/models/{target}", endpoint(GEMINI, _route_name, _dispatch)
+    )
     app.router.add_route("*", "/{tail:.*}", not_found_route(GEMINI, _not_found_body))
     return app

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from functools import lru_cache
 from typing import Final
 
 _BLOCK: Final = 64 * 1024
@@ -16,14 +15,12 @@ _SOI: Final = b"\xff\xd8\xff\xe0"
 _EOI: Final = b"\xff\xd9"
 
 
-@lru_cache(maxsize=64)
 def _block(media_id: str) -> bytes:
     return hashlib.shake_256(b"whatsapp-sim-media:" + media_id.encode()).digest(_BLOCK)
 
 
-def _byte_range(media_id: str, start: int, end: int, size: int) -> bytes:
-    """Bytes ``[start, end)`` of the body (``end - start`` should stay around a block)."""
-    block = _block(media_id)
+def _byte_range(block: bytes, start: int, end: int, size: int) -> bytes:
+    """Bytes ``[start, end)`` of a body built from ``block`` (``end - start`` around a block or less)."""
     first, last = start // _BLOCK, (end - 1) // _BLOCK
     data = (block * (last - first + 1))[start - first * _BLOCK : end - first * _BLOCK]
     if size >= len(_SOI) + len(_EOI):
@@ -40,10 +37,11 @@ def _byte_range(media_id: str, start: int, end: int, size: int) -> bytes:
 def media_chunks(media_id: str, size: int, chunk_size: int = _BLOCK) -> Iterator[bytes]:
     """The body of ``media_id`` (``size`` bytes) in pieces of at most ``chunk_size`` bytes."""
     chunk_size = max(1, chunk_size)
+    block = _block(media_id)
     position = 0
     while position < size:
         end = min(size, position + chunk_size)
-        yield _byte_range(media_id, position, end, size)
+        yield _byte_range(block, position, end, size)
         position = end
 
 

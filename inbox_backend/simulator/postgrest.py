@@ -689,7 +689,9 @@ class Database:
                 if fk.table != table.schema.name:
                     continue
                 keys = {r.get(fk.ref_column) for r in rows}
-                children = [r for r in other.rows if r.get(fk.column) in keys and r.get(fk.column) is not None]
+                children = [
+                    r for r in other.rows if r.get(fk.column) in keys and r.get(fk.column) is not None
+                ]
                 self._remove(other, children, journal)
 
     def _values(self, table: Table, item: Row) -> Row:
@@ -720,21 +722,24 @@ class Database:
 
     def _check_row(self, table: Table, row: Row) -> None:
         schema = table.schema
+        failing = "Failing row contains (" + ", ".join(_sql(row.get(c)) for c in schema.column_names) + ")."
         for col in schema.columns:
             value = row.get(col.name)
             if value is None and not col.nullable:
                 raise PostgrestError(
                     400,
                     "23502",
-                    f'null value in column "{col.name}" of relation "{schema.name}" violates not-null constraint',
-                    "Failing row contains (" + ", ".join(_sql(row.get(c)) for c in schema.column_names) + ").",
+                    f'null value in column "{col.name}" of relation "{schema.name}" '
+                    "violates not-null constraint",
+                    failing,
                 )
             if value is not None and col.choices is not None and value not in col.choices:
                 raise PostgrestError(
                     400,
                     "23514",
-                    f'new row for relation "{schema.name}" violates check constraint "{schema.name}_{col.name}_check"',
-                    "Failing row contains (" + ", ".join(_sql(row.get(c)) for c in schema.column_names) + ").",
+                    f'new row for relation "{schema.name}" violates check constraint '
+                    f'"{schema.name}_{col.name}_check"',
+                    failing,
                 )
         for cols in schema.unique:
             key = tuple(row.get(c) for c in cols)

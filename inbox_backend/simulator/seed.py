@@ -86,21 +86,51 @@ SCHEMAS: Final[tuple[TableSchema, ...]] = (
 )
 
 _ACCOUNTS: Final[list[Row]] = [
-    {"id": 1, "name": "Acme Bakery", "phone_number_id": "106540352242922", "bot_enabled": True,
-     "owner_id": USER_ID},
-    {"id": 2, "name": "Globex Support", "phone_number_id": "106540352242923", "bot_enabled": True,
-     "owner_id": ADMIN_ID},
-    {"id": 3, "name": "Initech (bot off)", "phone_number_id": "106540352242924", "bot_enabled": False,
-     "owner_id": USER_ID},
+    {
+        "id": 1,
+        "name": "Acme Bakery",
+        "phone_number_id": "106540352242922",
+        "bot_enabled": True,
+        "owner_id": USER_ID,
+    },
+    {
+        "id": 2,
+        "name": "Globex Support",
+        "phone_number_id": "106540352242923",
+        "bot_enabled": True,
+        "owner_id": ADMIN_ID,
+    },
+    {
+        "id": 3,
+        "name": "Initech (bot off)",
+        "phone_number_id": "106540352242924",
+        "bot_enabled": False,
+        "owner_id": USER_ID,
+    },
 ]
 
 _BOT_PROFILES: Final[list[Row]] = [
-    {"id": 1, "account_id": 1, "model": DEFAULT_MODEL, "enabled": True,
-     "system_prompt": "You are the friendly assistant of Acme Bakery. Answer briefly."},
-    {"id": 2, "account_id": 2, "model": DEFAULT_MODEL, "enabled": True,
-     "system_prompt": "You are Globex's support bot. Be precise and polite."},
-    {"id": 3, "account_id": 3, "model": DEFAULT_MODEL, "enabled": False,
-     "system_prompt": "You are Initech's assistant."},
+    {
+        "id": 1,
+        "account_id": 1,
+        "model": DEFAULT_MODEL,
+        "enabled": True,
+        "system_prompt": "You are the friendly assistant of Acme Bakery. Answer briefly.",
+    },
+    {
+        "id": 2,
+        "account_id": 2,
+        "model": DEFAULT_MODEL,
+        "enabled": True,
+        "system_prompt": "You are Globex's support bot. Be precise and polite.",
+    },
+    {
+        "id": 3,
+        "account_id": 3,
+        "model": DEFAULT_MODEL,
+        "enabled": False,
+        "system_prompt": "You are Initech's assistant.",
+    },
 ]
 
 _CONTACTS: Final[list[Row]] = [
@@ -118,8 +148,9 @@ _CONVERSATIONS: Final[list[Row]] = [
 ]
 
 
-def _msg(mid: int, conv: int, account: int, direction: str, body: str | None, at: str,
-         media_id: str | None = None) -> Row:
+def _msg(
+    mid: int, conv: int, account: int, direction: str, body: str | None, at: str, media_id: str | None = None
+) -> Row:
     return {
         "id": mid,
         "conversation_id": conv,

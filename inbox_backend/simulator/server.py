@@ -74,12 +74,14 @@ async def run_simulator(
     ports = dict(ports or {})
     unknown = set(ports) - set(SERVERS)
     if unknown:
-        raise ValueError(f"unknown server name(s): {', '.join(sorted(unknown))}; expected {', '.join(SERVERS)}")
+        raise ValueError(
+            f"unknown server name(s): {', '.join(sorted(unknown))}; expected {', '.join(SERVERS)}"
+        )
     if state is None:
         state = SimulatorState(config)
     elif config is not None:
         raise ValueError("pass either config or state, not both")
-    state.closing.clear()
+    state.closing = asyncio.Event()  # fresh: an Event must not outlive the loop it was used in
     sim = Simulator(state)
     runners: list[web.AppRunner] = []
     try:

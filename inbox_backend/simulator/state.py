@@ -73,7 +73,7 @@ class SimulatorState:
 
     # -- faults -------------------------------------------------------------------------------
     def add_fault(self, fault: Fault | None = None, /, **kwargs: Any) -> Fault:
-        """Activate a fault: ``state.add_fault(Fault(...))`` or ``state.add_fault(upstream=..., kind=...)``."""
+        """Activate a fault: ``add_fault(Fault(...))`` or ``add_fault(upstream=..., kind=..., ...)``."""
         if fault is None:
             fault = Fault(**kwargs)
         elif kwargs:
@@ -124,9 +124,7 @@ class SimulatorState:
 
     def deliveries_to(self, to: str | None = None, body: str | None = None) -> list[Delivery]:
         """Deliveries, optionally only those to ``to`` and/or with text ``body``."""
-        return [
-            d for d in self.deliveries if (to is None or d.to == to) and (body is None or d.body == body)
-        ]
+        return [d for d in self.deliveries if (to is None or d.to == to) and (body is None or d.body == body)]
 
     def delivery_count(self, to: str | None = None, body: str | None = None) -> int:
         return len(self.deliveries_to(to, body))

@@ -48,7 +48,10 @@ def _check_rest_auth(request: web.Request, state: SimulatorState) -> Reply | Non
         return json_reply(
             postgrest_error("PGRST301", "No suitable key or wrong key type", None, None),
             401,
-            {"WWW-Authenticate": 'Bearer error="invalid_token", error_description="No suitable key or wrong key type"'},
+            {
+                "WWW-Authenticate": 'Bearer error="invalid_token", '
+                'error_description="No suitable key or wrong key type"'
+            },
         )
     return None
 
@@ -202,9 +205,7 @@ async def auth_token(request: web.Request, state: SimulatorState) -> Reply:
         return error
     grant = request.query.get("grant_type")
     if grant != "password":
-        return json_reply(
-            gotrue_error(400, "validation_failed", "unsupported_grant_type"), 400
-        )
+        return json_reply(gotrue_error(400, "validation_failed", "unsupported_grant_type"), 400)
     ok, body = await read_json(request)
     email = body.get("email") if ok and isinstance(body, dict) else None
     password = body.get("password") if ok and isinstance(body, dict) else None
@@ -236,4 +237,3 @@ def create_app(state: SimulatorState) -> web.Application:
     app.router.add_post("/auth/v1/token", endpoint(SUPABASE, "auth_token", auth_token))
     app.router.add_route("*", "/{tail:.*}", not_found_route(SUPABASE, _not_found))
     return app
-

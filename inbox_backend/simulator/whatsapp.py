@@ -18,8 +18,19 @@ from .routing import STATE_KEY, Reply, endpoint, json_reply, not_found_route, re
 from .state import Delivery, SimulatorState
 
 _VERSION: Final = r"{version:v\d+\.\d+}"
-_BODY_TYPES: Final = ("text", "image", "audio", "video", "document", "sticker", "template", "interactive",
-                      "reaction", "location", "contacts")
+_BODY_TYPES: Final = (
+    "text",
+    "image",
+    "audio",
+    "video",
+    "document",
+    "sticker",
+    "template",
+    "interactive",
+    "reaction",
+    "location",
+    "contacts",
+)
 
 
 def _check_token(request: web.Request, state: SimulatorState) -> Reply | None:
@@ -27,13 +38,13 @@ def _check_token(request: web.Request, state: SimulatorState) -> Reply | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return json_reply(
-            graph_error("An active access token must be used to query information about the current user.", 2500),
+            graph_error(
+                "An active access token must be used to query information about the current user.", 2500
+            ),
             401,
         )
     if token.strip() != state.config.whatsapp_token:
-        return json_reply(
-            graph_error("Invalid OAuth access token - Cannot parse access token", 190), 401
-        )
+        return json_reply(graph_error("Invalid OAuth access token - Cannot parse access token", 190), 401)
     return None
 
 
@@ -74,7 +85,9 @@ async def send_message(request: web.Request, state: SimulatorState) -> Reply:
         return _invalid("(#100) The parameter to is required.")
     kind = payload.get("type", "text")
     if kind not in _BODY_TYPES:
-        return _invalid(f"(#100) Param type must be one of {{{', '.join(_BODY_TYPES).upper()}}} - got \"{kind}\".")
+        return _invalid(
+            f'(#100) Param type must be one of {{{", ".join(_BODY_TYPES).upper()}}} - got "{kind}".'
+        )
     if kind == "text":
         text = payload.get("text")
         if not isinstance(text, dict) or not isinstance(text.get("body"), str) or not text["body"]:
@@ -121,10 +134,7 @@ async def media_info(request: web.Request, state: SimulatorState) -> Reply:
         return error
     media_id = request.match_info["media_id"]
     info = state.media_info(media_id)
-    url = (
-        f"{state.media_base_url()}/media/{quote(media_id, safe='')}"
-        f"?token={_media_token(media_id, state)}"
-    )
+    url = f"{state.media_base_url()}/media/{quote(media_id, safe='')}?token={_media_token(media_id, state)}"
     return json_reply(
         {
             "url": url,
@@ -157,16 +167,18 @@ async def media_download(request: web.Request, state: SimulatorState) -> Reply:
 
 
 def _graph_not_found(request: web.Request) -> Any:
-    return graph_error(
-        f"Unknown path components: {request.path}", 2500
-    )
+    return graph_error(f"Unknown path components: {request.path}", 2500)
 
 
 def create_graph_app(state: SimulatorState) -> web.Application:
     app = web.Application()
     app[STATE_KEY] = state
-    app.router.add_post(f"/{_VERSION}/{{phone_number_id}}/messages", endpoint(WHATSAPP, "send_message", send_message))
-    app.router.add_get(f"/{_VERSION}/{{media_id}}", endpoint(WHATSAPP, "media_info", media_info), allow_head=False)
+    app.router.add_post(
+        f"/{_VERSION}/{{phone_number_id}}/messages", endpoint(WHATSAPP, "send_message", send_message)
+    )
+    app.router.add_get(
+        f"/{_VERSION}/{{media_id}}", endpoint(WHATSAPP, "media_info", media_info), allow_head=False
+    )
     app.router.add_route("*", "/{tail:.*}", not_found_route(WHATSAPP, _graph_not_found, 400))
     return app
 
@@ -174,7 +186,8 @@ def create_graph_app(state: SimulatorState) -> web.Application:
 def create_media_app(state: SimulatorState) -> web.Application:
     app = web.Application()
     app[STATE_KEY] = state
-    app.router.add_get("/media/{media_id}", endpoint(WHATSAPP_MEDIA, "media_download", media_download),
-                       allow_head=False)
+    app.router.add_get(
+        "/media/{media_id}", endpoint(WHATSAPP_MEDIA, "media_download", media_download), allow_head=False
+    )
     app.router.add_route("*", "/{tail:.*}", not_found_route(WHATSAPP_MEDIA, _graph_not_found))
     return app

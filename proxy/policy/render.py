@@ -25,15 +25,19 @@ SECRET_QUERY_KEYS = frozenset({"key", "access_token", "token", "apikey", "api_ke
 def redact_url(url: URL | str) -> str:
     """Credentials in a URL (`user:pass@`, `?access_token=`) never reach a log or the admin port."""
     parsed = URL(str(url))
-    if parsed.password or parsed.user:
-        parsed = parsed.with_user(REDACTED if parsed.user else None).with_password(
-            REDACTED if parsed.password else None
-        )
-    if parsed.query and any(k.lower() in SECRET_QUERY_KEYS for k in parsed.query):
-        parsed = parsed.with_query(
-            [(k, REDACTED if k.lower() in SECRET_QUERY_KEYS else v) for k, v in parsed.query.items()]
-        )
-    return str(parsed)
+    text = str(parsed.with_user(None).with_query(None))
+    if parsed.user or parsed.password:
+        scheme, _, rest = text.partition("://")
+        text = f"{scheme}://{REDACTED}@{rest}"
+    if parsed.raw_query_string:
+        text += "?" + redact_query(parsed.raw_query_string)
+    return text
+
+
+def redact_query(raw_query: str) -> str:
+    """`a=1&access_token=xyz` -> `a=1&access_token=<redacted>`, leaving everything else byte for byte."""
+    pairs = (pair.partition("=") for pair in raw_query.split("&"))
+    return "&".join(f"{k}={REDACTED}" if eq and k.lower() in SECRET_QUERY_KEYS else f"{k}{eq}{v}" for k, eq, v in pairs)
 
 
 def _timeouts(t: Timeouts) -> dict[str, str]:

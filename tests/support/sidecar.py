@@ -34,6 +34,8 @@ def policy_text(body: str) -> str:
     text = textwrap.dedent(body)
     if "listen:" not in text.split("upstreams:")[0]:
         text = "listen: 127.0.0.1:0\n" + text
+    if "shutdown_grace:" not in text:
+        text = "shutdown_grace: 1s\n" + text
     if "admin:" not in text.split("upstreams:")[0]:
         text = "admin: 127.0.0.1:0\n" + text
     return text

@@ -1,0 +1,1 @@
+"""Benchmarks for the egress sidecar: `python -m bench.overhead` measures what the sidecar costs."""
