@@ -70,8 +70,9 @@ async def test_no_headers_are_invented(upstream, make_sidecar, client):
 
 
 async def test_hop_by_hop_headers_are_dropped_both_ways(upstream, make_sidecar, client):
-    upstream.default = respond(200, b"ok", {"Keep-Alive": "timeout=5", "X-Secret-Hop": "1", "Connection": "X-Secret-Hop",
-                                             "Proxy-Authenticate": "Basic", "X-End": "kept"})
+    upstream.default = respond(200, b"ok", {"Keep-Alive": "timeout=5", "X-Secret-Hop": "1",
+                                             "Connection": "X-Secret-Hop", "Proxy-Authenticate": "Basic",
+                                             "X-End": "kept"})
     sc = await make_sidecar(policy(upstream))
     headers = {"Connection": "X-Drop-Me", "X-Drop-Me": "1", "Keep-Alive": "300", "TE": "trailers",
                "Proxy-Authorization": "Basic abc", "Upgrade": "websocket", "X-Keep": "yes"}
@@ -209,7 +210,8 @@ async def test_absolute_form_and_connect_are_refused(upstream, make_sidecar):
     )
     assert absolute.startswith(b"HTTP/1.1 400") and b"X-Egress-Error: bad_request" in absolute
     connect = await asyncio.to_thread(
-        raw_request, port, f"CONNECT 127.0.0.1:{upstream.port} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        raw_request, port,
+        f"CONNECT 127.0.0.1:{upstream.port} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode(),
     )
     assert connect.split(b" ")[1] in (b"400", b"405")
     assert upstream.requests == []

@@ -94,7 +94,7 @@ async def test_connect_timeout_when_the_upstream_never_accepts(make_sidecar, cli
 
 async def test_connection_refused_is_502_connect_error(make_sidecar, client):
     sc = await make_sidecar(policy(f"http://127.0.0.1:{free_port()}", "{connect: 1s}"))
-    (status, headers, body), took = await timed(fetch(client, "GET", sc.url + "/gemini/x"))
+    (status, headers, _), took = await timed(fetch(client, "GET", sc.url + "/gemini/x"))
     assert status == 502
     assert headers["X-Egress-Error"] == "upstream_connect_error"
     assert took < 1.0
@@ -137,7 +137,8 @@ async def test_write_timeout_when_the_upstream_stops_reading_the_body(upstream, 
 async def test_pool_timeout_when_every_slot_is_busy(upstream, make_sidecar, client):
     upstream.script(hang())
     upstream.default = respond()
-    sc = await make_sidecar(policy(upstream.url, "{pool: 200ms, read: 10s}", "limits: {max_concurrent: 1, max_queue: 5}"))
+    limits = "limits: {max_concurrent: 1, max_queue: 5}"
+    sc = await make_sidecar(policy(upstream.url, "{pool: 200ms, read: 10s}", limits))
     first = asyncio.create_task(fetch(client, "GET", sc.url + "/gemini/slow"))
     await asyncio.sleep(0.2)
     (status, headers, body), took = await timed(fetch(client, "GET", sc.url + "/gemini/x"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -257,10 +258,8 @@ class BlackholeListener:
         for _ in range(3):
             filler = socket.socket()
             filler.setblocking(False)
-            try:
+            with contextlib.suppress(BlockingIOError):  # completes in the background, filling the queue
                 filler.connect(("127.0.0.1", self.port))
-            except BlockingIOError:
-                pass
             self._fillers.append(filler)
 
     def close(self) -> None:
