@@ -65,7 +65,7 @@ async def send_answer(request: web.BaseRequest, answer: Answer, extra: Mapping[s
                 async for chunk in upstream.content.iter_any():
                     await out.write(chunk)
                     delivery.sent += len(chunk)
-            except (aiohttp.ClientPayloadError, aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+            except aiohttp.ClientError as exc:  # payload cut short, connection lost
                 delivery.broken = "upstream_reset"
                 _abort(request, out, f"upstream broke the response after {delivery.sent} bytes: {exc}")
                 return out, delivery

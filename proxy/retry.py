@@ -118,10 +118,11 @@ class RetryLoop:
                 await ctx.throttle.wait(ctx.deadline)
                 trial = ctx.breaker.admit(ctx.upstream)
             except EgressError as refused:
-                # A loop stops at once when its breaker opens: the caller gets the last real answer if any.
-                if last is None or not isinstance(refused, CircuitOpen):
-                    return refused
-                return last
+                # A loop stops at once when its breaker opens: the caller gets the last real answer if any,
+                # which is why a retried-past response is only discarded once the next attempt is admitted.
+                return refused if last is None else last
+            if isinstance(last, Answer):
+                await last.discard()
             ctx.attempts += 1
             outcome = await attempt(trial)
             if isinstance(outcome, Answer) and needs_body(ctx.throttle_rules, outcome.status):
@@ -137,10 +138,13 @@ class RetryLoop:
                 round(verdict.wait * 1000), verdict.reason,
             )
             ctx.on_retry(verdict.reason)
-            if isinstance(outcome, Answer):
-                await outcome.discard()
             last = outcome
-            await asyncio.sleep(verdict.wait)
+            try:
+                await asyncio.sleep(verdict.wait)
+            except asyncio.CancelledError:
+                if isinstance(last, Answer):
+                    last.close()
+                raise
 
     async def _read_small(self, answer: Answer) -> Answer | EgressError:
         """Throttle signals hide in bodies (WhatsApp's 400 + code 130429): read them, within the deadline."""

@@ -34,6 +34,7 @@ from proxy.policy.model import (
 from proxy.policy.source import Context, Invalid, Located, PolicyError, Problem, compose, default_environ
 
 D = TypeVar("D")
+T = TypeVar("T")
 Reader = Callable[[Located, Any], Any]  # (node, inherited value) -> new value
 
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
@@ -164,7 +165,7 @@ class Inherited:
         return Inherited(
             timeouts=overlay(self.timeouts, entries["timeouts"], TIMEOUTS) if "timeouts" in entries
             else self.timeouts,
-            retry=_check_backoff(overlay(self.retry, entries["retry"], RETRY), entries["retry"])
+            retry=_check_backoff(overlay(self.retry, entries["retry"], RETRY), self.retry, entries["retry"])
             if "retry" in entries else self.retry,
             breaker=overlay(self.breaker, entries["breaker"], BREAKER) if "breaker" in entries
             else self.breaker,
@@ -173,8 +174,9 @@ class Inherited:
         )
 
 
-def _check_backoff(retry: RetryPolicy, node: Located) -> RetryPolicy:
-    if retry.backoff.max < retry.backoff.base:
+def _check_backoff(retry: RetryPolicy, inherited: RetryPolicy, node: Located) -> RetryPolicy:
+    """Reported where the backoff is set, not again at every level that merely inherits it."""
+    if retry.backoff != inherited.backoff and retry.backoff.max < retry.backoff.base:
         node.report(f"backoff.max ({retry.backoff.max}s) must not be less than backoff.base")
     return retry
 
@@ -220,7 +222,10 @@ def _build(root: Located) -> Policy | None:
     cache = _cache_settings(top.get("cache"))
     grace = top["shutdown_grace"].read(lambda n: n.duration()) if "shutdown_grace" in top else None
     if listen is not None and admin is not None and listen == admin.listen and listen.port != 0:
-        top["admin"].report(f"the admin port must differ from listen ({listen})")
+        if "admin" in top:
+            top["admin"].report_at_key(f"the admin port must differ from listen ({listen})")
+        else:
+            top["listen"].report(f"{listen} is the admin port's default: set 'admin' to another address")
     return Policy(
         source=root.ctx.file,
         listen=listen or DEFAULT_LISTEN,
@@ -267,7 +272,7 @@ def _upstreams(node: Located | None, defaults: Inherited) -> dict[str, Upstream]
     upstreams: dict[str, Upstream] = {}
     for name, child in entries.items():
         if not _NAME.match(name):
-            child.report("an upstream name is the first path segment: use lowercase letters, digits, _ and -")
+            child.report_at_key("an upstream name is the first path segment: use lowercase letters, digits, _ and -")
             continue
         upstream = _upstream(name, child, defaults)
         if upstream is not None:
@@ -280,7 +285,7 @@ def _upstream(name: str, node: Located, defaults: Inherited) -> Upstream | None:
     if entries is None:
         return None
     if "url" not in entries:
-        node.report("missing key 'url' (the upstream's base URL, e.g. https://graph.facebook.com)")
+        node.report_at_key("missing key 'url' (the upstream's base URL, e.g. https://graph.facebook.com)")
         return None
     url = entries["url"].read(_url)
     headers = entries["headers"].read(_headers) if "headers" in entries else ()
@@ -328,6 +333,12 @@ def _headers(node: Located) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _field(entries: Mapping[str, Located], key: str, reader: Callable[[Located], T], default: T) -> T:
+    """`entries[key]` read by `reader`, a bad value reported at its own key; `default` when absent or bad."""
+    value = entries[key].read(reader) if key in entries else None
+    return default if value is None else value
+
+
 def _throttle_rules(node: Located) -> tuple[ThrottleRule, ...]:
     rules = []
     for item in node.read(lambda n: n.sequence()) or []:
@@ -337,22 +348,20 @@ def _throttle_rules(node: Located) -> tuple[ThrottleRule, ...]:
     return tuple(rules)
 
 
-def _throttle_rule(node: Located) -> ThrottleRule:
+def _throttle_rule(node: Located) -> ThrottleRule | None:
     entries = node.mapping(("status", "field", "codes", "delay_field", "delay"))
     if "status" not in entries:
         raise Invalid("a throttle rule needs a 'status' (e.g. 429, or 400 for WhatsApp's 130429)")
-    status = entries["status"].integer(100)
-    codes = frozenset(entries["codes"].texts()) if "codes" in entries else frozenset()
-    field = entries["field"].text() if "field" in entries else None
+    status = entries["status"].read(lambda n: n.integer(100))
+    codes = _field(entries, "codes", lambda n: frozenset(n.texts()), frozenset[str]())
+    field = _field(entries, "field", Located.text, None)
+    delay_field = _field(entries, "delay_field", Located.text, None)
+    delay = _field(entries, "delay", Located.duration, 1.0)
     if codes and not field:
         raise Invalid("'codes' needs a 'field' naming where the code is in the JSON body, e.g. error.code")
-    return ThrottleRule(
-        status=status,
-        field=field,
-        codes=codes,
-        delay_field=entries["delay_field"].text() if "delay_field" in entries else None,
-        delay=entries["delay"].duration() if "delay" in entries else 1.0,
-    )
+    if status is None:
+        return None
+    return ThrottleRule(status=status, field=field, codes=codes, delay_field=delay_field, delay=delay)
 
 
 # -- routes --------------------------------------------------------------------------------------------
@@ -466,19 +475,17 @@ def _route_cache(node: Located) -> RouteCache:
     if "ttl" not in entries:
         raise Invalid("a route cache needs a 'ttl', e.g. cache: {ttl: 5m}")
     vary = ["authorization", "apikey"]
-    for header in entries["vary"].texts() if "vary" in entries else []:
+    for header in _field(entries, "vary", Located.texts, list[str]()):
         if header.lower() not in vary:
             vary.append(header.lower())
-    statuses = frozenset(s.integer(100) for s in entries["statuses"].sequence()) if "statuses" in entries \
-        else frozenset({200})
     return RouteCache(
-        ttl=entries["ttl"].duration(),
-        stale_if_error=entries["stale_if_error"].duration() if "stale_if_error" in entries else 0.0,
-        invalidate_on_write=entries["invalidate_on_write"].boolean() if "invalidate_on_write" in entries
-        else False,
-        statuses=statuses,
+        ttl=_field(entries, "ttl", Located.duration, 0.0),
+        stale_if_error=_field(entries, "stale_if_error", Located.duration, 0.0),
+        invalidate_on_write=_field(entries, "invalidate_on_write", Located.boolean, False),
+        statuses=_field(entries, "statuses", lambda n: frozenset(s.integer(100) for s in n.sequence()),
+                        frozenset({200})),
         vary=tuple(vary),
-        override=entries["override"].boolean() if "override" in entries else False,
+        override=_field(entries, "override", Located.boolean, False),
     )
 
 

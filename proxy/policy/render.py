@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import unquote
 
 from yarl import URL
 
@@ -35,9 +36,13 @@ def redact_url(url: URL | str) -> str:
 
 
 def redact_query(raw_query: str) -> str:
-    """`a=1&access_token=xyz` -> `a=1&access_token=<redacted>`, leaving everything else byte for byte."""
+    """`a=1&access_token=xyz` -> `a=1&access_token=<redacted>`, leaving everything else byte for byte.
+
+    Keys are compared decoded: a server reads `%6Bey=` as `key=`, so its value is a credential too."""
     pairs = (pair.partition("=") for pair in raw_query.split("&"))
-    return "&".join(f"{k}={REDACTED}" if eq and k.lower() in SECRET_QUERY_KEYS else f"{k}{eq}{v}" for k, eq, v in pairs)
+    return "&".join(
+        f"{k}={REDACTED}" if eq and unquote(k).lower() in SECRET_QUERY_KEYS else f"{k}{eq}{v}" for k, eq, v in pairs
+    )
 
 
 def _timeouts(t: Timeouts) -> dict[str, str]:

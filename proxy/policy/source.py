@@ -57,12 +57,13 @@ class Context:
 class Located:
     """One YAML node and where it sits: `upstreams.gemini.timeouts.read` at line 14."""
 
-    __slots__ = ("ctx", "node", "path")
+    __slots__ = ("ctx", "key", "node", "path")
 
-    def __init__(self, node: yaml.Node, path: str, ctx: Context) -> None:
+    def __init__(self, node: yaml.Node, path: str, ctx: Context, key: yaml.Node | None = None) -> None:
         self.node = node
         self.path = path
         self.ctx = ctx
+        self.key = key  # the mapping key this value sits under, if any
 
     @property
     def line(self) -> int:
@@ -70,6 +71,11 @@ class Located:
 
     def report(self, message: str) -> None:
         self.ctx.problems.append(Problem(self.ctx.file, self.line, self.path, message))
+
+    def report_at_key(self, message: str) -> None:
+        """Report at the key's line (`gemini:`): a block mapping's value only starts on the next line."""
+        line = int(self.key.start_mark.line) + 1 if self.key is not None else self.line
+        self.ctx.problems.append(Problem(self.ctx.file, line, self.path, message))
 
     def child_path(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
@@ -84,7 +90,7 @@ class Located:
         entries: dict[str, Located] = {}
         for key_node, value_node in self.node.value:
             key = str(key_node.value)
-            child = Located(value_node, self.child_path(key), self.ctx)
+            child = Located(value_node, self.child_path(key), self.ctx, key_node)
             if key in entries:
                 Located(key_node, child.path, self.ctx).report("duplicate key")
                 continue
@@ -211,7 +217,7 @@ def compose(text: str, ctx: Context) -> Located | None:
     except yaml.YAMLError as exc:
         ctx.problems.append(Problem(ctx.file, 0, "", f"invalid YAML: {exc}"))
         return None
-    if node is None:
+    if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"):
         ctx.problems.append(Problem(ctx.file, 1, "", "the policy file is empty"))
         return None
     return Located(node, "", ctx)

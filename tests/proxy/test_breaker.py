@@ -1,0 +1,213 @@
+"""Circuit breakers: open after N counted failures, fail fast without touching the upstream, probe back with
+exactly one trial, and let an operator see and override them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import aiohttp
+
+from tests.proxy.test_admin import sample
+from tests.support.upstream import delay, respond
+
+
+def policy(url: str, breaker: str = "failures: 3, reset_after: 300ms", attempts: int = 1, admin: str = "") -> str:
+    return f"""
+    {admin}
+    upstreams:
+      gemini:
+        url: {url}
+        timeouts: {{read: 2s}}
+        retry: {{attempts: {attempts}, backoff: {{base: 10ms, max: 50ms}}, budget: {{ratio: 1, min_per_second: 100}}}}
+        breaker: {{{breaker}}}
+        routes:
+          - name: generate
+            match: POST /v1beta/models/*:generateContent
+            idempotent: true
+          - name: models
+            match: GET /v1beta/models
+            breaker: {{failures: 1, reset_after: 30s}}
+    """
+
+
+async def call(client: aiohttp.ClientSession, url: str, method: str = "GET", **kw) -> tuple[int, dict[str, str]]:
+    async with client.request(method, url, **kw) as resp:
+        await resp.read()
+        return resp.status, dict(resp.headers)
+
+
+async def open_it(client, url: str, times: int = 3) -> None:
+    for _ in range(times):
+        status, _ = await call(client, url)
+        assert status == 500
+
+
+async def test_opens_after_consecutive_failures_and_fails_fast_without_the_upstream(upstream, make_sidecar, client):
+    upstream.default = respond(500)
+    sc = await make_sidecar(policy(upstream.url, "failures: 3, reset_after: 30s"))
+    await open_it(client, sc.url + "/gemini/x")
+    reached = len(upstream.requests)
+    started = time.monotonic()
+    status, headers = await call(client, sc.url + "/gemini/x")
+    took = time.monotonic() - started
+    assert status == 503
+    assert headers["X-Egress-Error"] == "circuit_open"
+    assert 28 <= int(headers["Retry-After"]) <= 30
+    assert took < 0.05  # generous bound for "under 10 ms" measured inside a test client
+    assert len(upstream.requests) == reached
+
+
+async def test_a_success_resets_the_consecutive_count(upstream, make_sidecar, client):
+    sc = await make_sidecar(policy(upstream.url))
+    upstream.script(respond(500), respond(500), respond(200), respond(500), respond(500))
+    for _ in range(5):
+        await call(client, sc.url + "/gemini/x")
+    upstream.default = respond(200)
+    status, _ = await call(client, sc.url + "/gemini/x")
+    assert status == 200
+
+
+async def test_4xx_never_counts_unless_listed(upstream, make_sidecar, client):
+    upstream.default = respond(404)
+    sc = await make_sidecar(policy(upstream.url, "failures: 2, reset_after: 30s"))
+    for _ in range(5):
+        assert (await call(client, sc.url + "/gemini/x"))[0] == 404
+    upstream.default = respond(401)
+    sc2 = await make_sidecar(policy(upstream.url, "failures: 2, reset_after: 30s, count: [401]"))
+    for _ in range(2):
+        assert (await call(client, sc2.url + "/gemini/x"))[0] == 401
+    assert (await call(client, sc2.url + "/gemini/x"))[0] == 503
+
+
+async def test_half_open_lets_exactly_one_trial_through_then_closes(upstream, make_sidecar, client):
+    upstream.default = respond(500)
+    sc = await make_sidecar(policy(upstream.url))
+    await open_it(client, sc.url + "/gemini/x")
+    await asyncio.sleep(0.35)
+    upstream.default = delay(0.3, respond(200, b"back"))
+    before = len(upstream.requests)
+    results = await asyncio.gather(*(call(client, sc.url + "/gemini/x") for _ in range(5)))
+    statuses = sorted(s for s, _ in results)
+    assert statuses == [200, 503, 503, 503, 503]
+    assert len(upstream.requests) == before + 1
+    assert sc.runtime.breakers["gemini"].state == "closed"
+    assert (await call(client, sc.url + "/gemini/x"))[0] == 200
+
+
+async def test_a_failed_trial_reopens_for_another_reset_after(upstream, make_sidecar, client):
+    upstream.default = respond(500)
+    sc = await make_sidecar(policy(upstream.url))
+    await open_it(client, sc.url + "/gemini/x")
+    await asyncio.sleep(0.35)
+    assert (await call(client, sc.url + "/gemini/x"))[0] == 500  # the trial
+    before = len(upstream.requests)
+    status, headers = await call(client, sc.url + "/gemini/x")
+    assert status == 503 and headers["X-Egress-Error"] == "circuit_open"
+    assert len(upstream.requests) == before
+    assert sc.runtime.breakers["gemini"].state == "open"
+
+
+async def test_a_retry_loop_stops_at_once_when_its_breaker_opens(upstream, make_sidecar, client):
+    upstream.default = respond(503, b"overloaded upstream")
+    sc = await make_sidecar(policy(upstream.url, "failures: 2, reset_after: 30s", attempts=5))
+    async with client.get(sc.url + "/gemini/x") as resp:
+        assert resp.status == 503
+        assert "X-Egress-Error" not in resp.headers  # the upstream's last answer, not a synthetic one
+        assert resp.headers["X-Egress-Attempts"] == "2"
+        assert await resp.read() == b"overloaded upstream"
+    assert len(upstream.requests) == 2
+
+
+async def test_a_route_with_its_own_breaker_is_isolated(upstream, make_sidecar, client):
+    upstream.default = respond(500)
+    sc = await make_sidecar(policy(upstream.url))
+    assert (await call(client, sc.url + "/gemini/v1beta/models"))[0] == 500
+    assert (await call(client, sc.url + "/gemini/v1beta/models"))[0] == 503  # gemini.models opened after 1
+    upstream.default = respond(200)
+    assert (await call(client, sc.url + "/gemini/other"))[0] == 200  # the upstream's breaker is untouched
+    assert sc.runtime.breakers["gemini.models"].state == "open"
+    assert sc.runtime.breakers["gemini"].state == "closed"
+
+
+async def test_breakers_endpoint_shows_state_and_counts(upstream, make_sidecar, client):
+    upstream.default = respond(500)
+    sc = await make_sidecar(policy(upstream.url, "failures: 3, reset_after: 30s"))
+    await open_it(client, sc.url + "/gemini/x")
+    await call(client, sc.url + "/gemini/x")
+    async with client.get(sc.admin + "/breakers") as resp:
+        breakers = await resp.json()
+    gemini = breakers["gemini"]
+    assert gemini["state"] == "open"
+    assert gemini["threshold"] == 3
+    assert gemini["consecutive_failures"] == 3
+    assert gemini["counts"]["500"] == 3
+    assert gemini["opened_at"] <= time.time() and gemini["retry_at"] > time.time() + 25
+    assert breakers["gemini.models"]["state"] == "closed"
+    async with client.get(sc.admin + "/upstreams") as resp:
+        upstreams = await resp.json()
+    assert upstreams["gemini"]["breaker"] == "open"
+    assert upstreams["gemini"]["error_rate_1m"] == 1.0
+
+
+async def test_breaker_metrics_and_transition_log(upstream, make_sidecar, client, caplog):
+    caplog.set_level(logging.WARNING, logger="egress.breaker")
+    upstream.default = respond(500)
+    sc = await make_sidecar(policy(upstream.url, "failures: 3, reset_after: 30s"))
+    await open_it(client, sc.url + "/gemini/x")
+    await call(client, sc.url + "/gemini/x")
+    async with client.get(sc.admin + "/metrics") as resp:
+        text = await resp.text()
+    assert sample(text, "egress_breaker_state", breaker="gemini") == 2
+    assert sample(text, "egress_breaker_state", breaker="gemini.models") == 0
+    assert sample(text, "egress_breaker_transitions_total", breaker="gemini", to="open") == 1
+    assert sample(text, "egress_rejected_total", upstream="gemini", reason="circuit_open") == 1
+    assert any(r.getMessage().startswith("Circuit breaker OPEN for gemini after 3 failures") for r in caplog.records)
+
+
+async def test_operator_overrides_need_the_token_when_one_is_set(upstream, make_sidecar, client):
+    upstream.default = respond(200)
+    sc = await make_sidecar(policy(upstream.url, admin="admin: {listen: 127.0.0.1:0, token: op-token}"))
+    async with client.post(sc.admin + "/breakers/gemini/open") as resp:
+        assert resp.status == 401
+    async with client.post(sc.admin + "/breakers/gemini/open", headers={"Authorization": "Bearer wrong"}) as resp:
+        assert resp.status == 401
+    assert (await call(client, sc.url + "/gemini/x"))[0] == 200
+    auth = {"Authorization": "Bearer op-token"}
+    async with client.post(sc.admin + "/breakers/gemini/open", headers=auth) as resp:
+        assert resp.status == 200 and (await resp.json())["state"] == "open"
+    status, headers = await call(client, sc.url + "/gemini/x")
+    assert status == 503 and headers["X-Egress-Error"] == "circuit_open"
+    await asyncio.sleep(0.35)  # past reset_after: an operator's open still holds
+    assert (await call(client, sc.url + "/gemini/x"))[0] == 503
+    async with client.post(sc.admin + "/breakers/gemini/close", headers=auth) as resp:
+        assert (await resp.json())["state"] == "closed"
+    assert (await call(client, sc.url + "/gemini/x"))[0] == 200
+    async with client.post(sc.admin + "/breakers/nope/open", headers=auth) as resp:
+        assert resp.status == 404
+    async with client.get(sc.admin + "/breakers") as resp:  # read-only stays open
+        assert resp.status == 200
+
+
+async def test_overrides_work_without_a_token_when_none_is_set(upstream, make_sidecar, client):
+    upstream.default = respond(500)
+    sc = await make_sidecar(policy(upstream.url, "failures: 3, reset_after: 30s"))
+    await open_it(client, sc.url + "/gemini/x")
+    async with client.post(sc.admin + "/breakers/gemini/reset") as resp:
+        snapshot = await resp.json()
+    assert snapshot["state"] == "closed" and snapshot["counts"] == {}
+    upstream.default = respond(200)
+    assert (await call(client, sc.url + "/gemini/x"))[0] == 200
+
+
+async def test_connect_errors_and_timeouts_count(make_sidecar, client):
+    from tests.support.upstream import free_port
+
+    sc = await make_sidecar(policy(f"http://127.0.0.1:{free_port()}", "failures: 2, reset_after: 30s"))
+    for _ in range(2):
+        assert (await call(client, sc.url + "/gemini/x"))[0] == 502
+    status, headers = await call(client, sc.url + "/gemini/x")
+    assert status == 503 and headers["X-Egress-Error"] == "circuit_open"
+
+
