@@ -20,7 +20,7 @@ import backoff
 from proxy.breaker import Breaker, Trial
 from proxy.budget import RetryBudgetWindow
 from proxy.deadline import Deadline
-from proxy.errors import CircuitOpen, EgressError, UpstreamReset
+from proxy.errors import EgressError, UpstreamReset
 from proxy.policy import IDEMPOTENT_METHODS, Route, ThrottleRule
 from proxy.throttle import RETRY_AFTER_STATUSES, ThrottleClock, needs_body, retry_after_seconds, throttle_delay
 

@@ -246,7 +246,9 @@ async def test_x_egress_timeout_shortens_the_deadline_but_never_lengthens_it(ups
 
 async def test_the_retry_budget_stops_a_storm(upstream, make_sidecar, client):
     upstream.default = respond(503)
-    text = policy(upstream.url).replace("budget: {ratio: 1.0, min_per_second: 100}", "budget: {ratio: 0.2, min_per_second: 0}")
+    text = policy(upstream.url).replace(
+        "budget: {ratio: 1.0, min_per_second: 100}", "budget: {ratio: 0.2, min_per_second: 0}"
+    )
     sc = await make_sidecar(text)
     for _ in range(100):
         await call(client, "GET", sc.url + "/gemini/x")

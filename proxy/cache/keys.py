@@ -1,0 +1,114 @@
+"""Cache keys: what makes two requests "the same", written down without ever holding a credential in clear.
+
+Key layout (the Redis backend prefixes every key with `<namespace>:`):
+
+    gen:<upstream>                          purge generation of the whole upstream
+    gen:<upstream>:route:<route>            purge generation of one route
+    gen:<upstream>:path:<hmac(path)>        write generation of one path (invalidate_on_write)
+    vary:<upstream>:<base>                  the header names the upstream's `Vary` added for this base key
+    entry:<upstream>:<route>:<hmac(...)>    one stored response
+
+`base` is an HMAC of the request's identity: method, upstream, path, the query with its parameters sorted,
+and the values of the route's `vary` headers (Authorization, apikey, ...). The entry key adds the three
+generations and the values of the headers the upstream's `Vary` named. Bumping a generation (INCR) makes
+every key built with the old value unreachable at once, so invalidation and purge are O(1): nothing is
+scanned, and the orphaned entries simply expire.
+
+Every digest is an HMAC, so a token in a header (or a secret in a path) is never written in clear.
+The secret is random per process for the memory backend; replicas sharing Redis must agree on it, so it
+comes from `EGRESS_CACHE_KEY_SECRET`, or, when that is unset, is derived from the redis_url and the
+namespace (as secret as the Redis password in the URL: set the variable when the URL carries none).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from multidict import CIMultiDictProxy
+
+from proxy.policy import CacheSettings
+
+SECRET_ENV = "EGRESS_CACHE_KEY_SECRET"
+
+
+def key_secret(settings: CacheSettings, environ: Mapping[str, str]) -> bytes:
+    if settings.backend == "memory":
+        return os.urandom(32)  # nobody else reads these keys: a secret nobody can know
+    configured = environ.get(SECRET_ENV)
+    if configured:
+        return configured.encode()
+    return hashlib.sha256(f"egress-cache-key\0{settings.redis_url}\0{settings.namespace}".encode()).digest()
+
+
+def normalise_query(query: str) -> str:
+    """The same parameters in any order are the same request: `b=2&a=1` and `a=1&b=2` share an entry."""
+    return "&".join(sorted(pair for pair in query.split("&") if pair))
+
+
+def header_values(headers: CIMultiDictProxy[str], names: Iterable[str]) -> list[tuple[str, str | None]]:
+    """Each named header's value (repeats joined); None for an absent header, which differs from an empty one."""
+    values: list[tuple[str, str | None]] = []
+    for name in sorted(names):
+        found = headers.getall(name, [])
+        values.append((name, ", ".join(found) if found else None))
+    return values
+
+
+@dataclass(frozen=True, slots=True)
+class RequestKey:
+    """Where one cacheable request's pieces live in the store."""
+
+    upstream: str
+    route: str
+    base: str
+    generations: tuple[str, str, str]  # upstream, route and path generation keys, in that order
+    marker: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyMaker:
+    secret: bytes
+
+    def digest(self, *parts: object) -> str:
+        # JSON keeps the parts apart: ("a", "b c") and ("a b", "c") never collide.
+        return hmac.new(self.secret, json.dumps(parts).encode(), hashlib.sha256).hexdigest()
+
+    def request(
+        self, upstream: str, route: str, method: str, path: str, query: str, identity: list[tuple[str, str | None]]
+    ) -> RequestKey:
+        base = self.digest(method, upstream, path, normalise_query(query), identity)
+        return RequestKey(
+            upstream=upstream,
+            route=route,
+            base=base,
+            generations=(
+                self.upstream_generation(upstream),
+                self.route_generation(upstream, route),
+                self.path_generation(upstream, path),
+            ),
+            marker=f"vary:{upstream}:{base}",
+        )
+
+    def entry(self, key: RequestKey, generations: Sequence[int], vary: str) -> str:
+        return f"entry:{key.upstream}:{key.route}:{self.digest(key.base, list(generations), vary)}"
+
+    def vary(self, headers: CIMultiDictProxy[str], names: Iterable[str]) -> str:
+        """The values of the headers the upstream's `Vary` named, as one digest ("" when it named none)."""
+        names = tuple(names)
+        return self.digest(header_values(headers, names)) if names else ""
+
+    @staticmethod
+    def upstream_generation(upstream: str) -> str:
+        return f"gen:{upstream}"
+
+    @staticmethod
+    def route_generation(upstream: str, route: str) -> str:
+        return f"gen:{upstream}:route:{route}"
+
+    def path_generation(self, upstream: str, path: str) -> str:
+        return f"gen:{upstream}:path:{self.digest(path)}"
