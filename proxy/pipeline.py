@@ -102,7 +102,7 @@ class Pipeline:
                     ex.attempts = loop.ctx.attempts
                 if isinstance(outcome, EgressError):
                     raise outcome
-                return await self._respond(request, ex, outcome)
+                return await self._respond(request, ex, outcome, deadline)
         finally:
             gauge.dec()
 
@@ -160,10 +160,14 @@ class Pipeline:
         state.note_attempt(failed=failure is not None or response.status >= 500)
         return answer
 
-    async def _respond(self, request: web.BaseRequest, ex: Exchange, answer: Answer) -> web.StreamResponse:
+    async def _respond(
+        self, request: web.BaseRequest, ex: Exchange, answer: Answer, deadline: Deadline
+    ) -> web.StreamResponse:
         ex.status = answer.status
         try:
-            response, ex.delivery = await send_answer(request, answer, ex.reply_headers())
+            response, ex.delivery = await send_answer(
+                request, answer, ex.reply_headers(), max(deadline.remaining(), 0.001)
+            )
         finally:
             answer.response.close()  # a no-op once released to the pool; frees it on any early exit
         if ex.delivery.broken and ex.delivery.broken != "client_disconnected":

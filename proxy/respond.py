@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Mapping
@@ -47,10 +48,14 @@ def _response_head(answer: Answer, extra: Mapping[str, str]) -> web.StreamRespon
     return out
 
 
-async def send_answer(request: web.BaseRequest, answer: Answer, extra: Mapping[str, str]) -> tuple[
-    web.StreamResponse, Delivery
-]:
-    """Stream the upstream's response through as it arrives (SSE chunks are not held back)."""
+async def send_answer(
+    request: web.BaseRequest, answer: Answer, extra: Mapping[str, str], remaining: float | None = None
+) -> tuple[web.StreamResponse, Delivery]:
+    """Stream the upstream's response through as it arrives (SSE chunks are not held back).
+
+    A body of known length must arrive within the request's `remaining` time (the `total` timeout);
+    a streamed one (chunked, SSE) is bounded only by the gap between bytes (`read`).
+    """
     out = _response_head(answer, extra)
     delivery = Delivery()
     upstream = answer.response
@@ -61,17 +66,19 @@ async def send_answer(request: web.BaseRequest, answer: Answer, extra: Mapping[s
                 await out.write(answer.body)
                 delivery.sent = len(answer.body)
         elif request.method != "HEAD" and upstream.status not in NO_BODY_STATUSES:
+            bounded = remaining if upstream.content_length is not None else None
             try:
-                async for chunk in upstream.content.iter_any():
-                    await out.write(chunk)
-                    delivery.sent += len(chunk)
+                async with asyncio.timeout(bounded):
+                    async for chunk in upstream.content.iter_any():
+                        await out.write(chunk)
+                        delivery.sent += len(chunk)
             except aiohttp.ClientError as exc:  # payload cut short, connection lost
                 delivery.broken = "upstream_reset"
                 _abort(request, out, f"upstream broke the response after {delivery.sent} bytes: {exc}")
                 return out, delivery
             except TimeoutError:
                 delivery.broken = "upstream_timeout"
-                _abort(request, out, f"upstream stalled (read timeout) after {delivery.sent} bytes")
+                _abort(request, out, f"upstream body timed out (read or total) after {delivery.sent} bytes")
                 return out, delivery
         await out.write_eof()
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):

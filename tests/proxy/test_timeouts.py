@@ -166,3 +166,28 @@ async def test_route_timeouts_override_the_upstreams(upstream, make_sidecar, cli
     assert status == 200
     status, headers, _ = await fetch(client, "POST", sc.url + "/gemini/v1beta/models/m:generateContent")
     assert status == 504 and headers["X-Egress-Error"] == "upstream_timeout"
+
+
+async def test_total_bounds_a_body_of_known_length_but_not_a_stream(upstream, make_sidecar, client):
+    import aiohttp
+    import pytest
+    from aiohttp import web
+
+    async def slow_fixed_length(request, record):
+        response = web.StreamResponse()
+        response.content_length = 10
+        await response.prepare(request)
+        for _ in range(10):
+            await response.write(b"x")
+            await asyncio.sleep(0.1)
+        return response
+
+    upstream.script(slow_fixed_length, stream([b"y"] * 10, gap=0.1))
+    sc = await make_sidecar(policy(upstream.url, "{read: 1s, total: 400ms}"))
+    started = time.monotonic()
+    with pytest.raises(aiohttp.ClientPayloadError):
+        async with client.get(sc.url + "/gemini/fixed") as resp:
+            await resp.read()
+    assert time.monotonic() - started < 0.9
+    status, _, body = await fetch(client, "GET", sc.url + "/gemini/stream")
+    assert status == 200 and body == b"y" * 10

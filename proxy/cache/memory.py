@@ -1,0 +1,85 @@
+"""aiocache's in-process cache with the bounds it lacks: least recently used values go first once there are
+more than `max_entries` of them or they hold more than `max_bytes`.
+
+aiocache keeps its values in a plain dict and pops expired keys from TTL timers; swapping that dict for an
+`LruLedger` keeps the LRU order and the byte total right however a value leaves (eviction, expiry, delete).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterator, MutableMapping
+from typing import Any
+
+from aiocache import SimpleMemoryCache
+
+
+class LruLedger(MutableMapping[str, bytes]):
+    """Byte values in least-recently-used order (oldest first), with their total size."""
+
+    def __init__(self) -> None:
+        self._values: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self.bytes = 0
+
+    def __getitem__(self, key: str) -> bytes:
+        return self._values[key]
+
+    def __setitem__(self, key: str, value: bytes) -> None:
+        old = self._values.pop(key, None)  # a rewrite is a use: the key moves to the young end
+        if old is not None:
+            self.bytes -= len(old)
+        self._values[key] = value
+        self.bytes += len(value)
+
+    def __delitem__(self, key: str) -> None:
+        self.bytes -= len(self._values.pop(key))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def touch(self, key: str) -> None:
+        self._values.move_to_end(key)
+
+    def oldest(self) -> str:
+        return next(iter(self._values))
+
+
+class BoundedMemoryCache(SimpleMemoryCache):  # type: ignore[misc]  # aiocache ships no type hints
+    """Counters (the generations `increment` keeps) live apart and are never evicted nor expired:
+    losing one would make the entries it invalidated reachable again."""
+
+    def __init__(self, max_entries: int, max_bytes: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._cache = self.ledger = LruLedger()
+        self._counters: dict[str, int] = {}
+
+    async def _get(self, key: str, encoding: str | None = "utf-8", _conn: Any = None) -> bytes | int | None:
+        if key in self._counters:
+            return self._counters[key]
+        value = self.ledger.get(key)
+        if value is not None:
+            self.ledger.touch(key)
+        return value
+
+    async def _multi_get(self, keys: list[str], encoding: str | None = "utf-8", _conn: Any = None) -> list[Any]:
+        return [await self._get(key) for key in keys]
+
+    async def _set(self, key: str, value: bytes, ttl: float | None = None, _cas_token: Any = None,
+                   _conn: Any = None) -> bool:
+        stored = await super()._set(key, value, ttl=ttl, _cas_token=_cas_token, _conn=_conn)
+        await self._evict()
+        return bool(stored)
+
+    async def _increment(self, key: str, delta: int, _conn: Any = None) -> int:
+        value = self._counters[key] = self._counters.get(key, 0) + delta
+        return value
+
+    async def _evict(self) -> None:
+        ledger = self.ledger
+        while ledger and (len(ledger) > self.max_entries or ledger.bytes > self.max_bytes):
+            await self._delete(ledger.oldest())  # aiocache's delete also cancels the key's TTL timer

@@ -1,0 +1,103 @@
+"""The cache backend (aiocache's memory or Redis cache) behind a guard: a slow or broken backend costs a
+request at most one `op_timeout`, never an error.
+
+Every operation runs under aiocache's own per-call timeout. A failure is counted in
+`egress_cache_errors_total{backend}`, logged at most once per `WARN_EVERY`, and leaves the backend alone for
+`REST_AFTER_FAILURE`, so a dead Redis costs one op_timeout per second rather than one per operation, and
+the requests in between pass through uncached without waiting. Recovery needs nothing: redis-py drops a
+connection whose command failed or was cancelled and dials a new one on the next use.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+from aiocache import Cache
+from aiocache.serializers import NullSerializer
+from prometheus_client import Counter
+
+from proxy.cache.memory import BoundedMemoryCache
+from proxy.metrics import Metrics
+from proxy.policy import CacheSettings
+
+log = logging.getLogger("egress.cache")
+
+T = TypeVar("T")
+REST_AFTER_FAILURE = 1.0
+WARN_EVERY = 30.0
+
+
+class BytesSerializer(NullSerializer):  # type: ignore[misc]  # aiocache ships no type hints
+    """Values are stored and read back as bytes, untouched (aiocache's Redis cache would JSON them)."""
+
+    DEFAULT_ENCODING = None
+
+
+class Store:
+    def __init__(self, backend: Any, name: str, errors: Counter) -> None:
+        self.backend = backend  # an aiocache BaseCache
+        self.name = name
+        self._errors = errors.labels(name)
+        self._resting_until = 0.0
+        self._warned_at = float("-inf")
+
+    async def get(self, key: str) -> bytes | None:
+        value = await self._guarded("get", lambda: self.backend.get(key))
+        return value if isinstance(value, bytes) else None
+
+    async def get_many(self, keys: Sequence[str]) -> list[Any] | None:
+        """One round trip (MGET); None when the backend could not answer (not the same as "all missing")."""
+        values = await self._guarded("multi_get", lambda: self.backend.multi_get(list(keys)))
+        return list(values) if values is not None else None
+
+    async def set(self, key: str, value: bytes, ttl: float) -> bool:
+        return bool(await self._guarded("set", lambda: self.backend.set(key, value, ttl=ttl)))
+
+    async def incr(self, key: str) -> int | None:
+        value = await self._guarded("increment", lambda: self.backend.increment(key))
+        return int(value) if value is not None else None
+
+    async def close(self) -> None:
+        await self._guarded("close", lambda: self.backend.close())
+
+    async def _guarded(self, op: str, call: Callable[[], Awaitable[T]]) -> T | None:
+        now = time.monotonic()
+        if now < self._resting_until:
+            return None
+        try:
+            return await call()
+        except Exception as exc:  # whatever the backend does wrong, the request goes on uncached
+            self._failed(op, exc, now)
+            return None
+
+    def _failed(self, op: str, exc: Exception, now: float) -> None:
+        self._errors.inc()
+        self._resting_until = now + REST_AFTER_FAILURE
+        if now - self._warned_at >= WARN_EVERY:
+            self._warned_at = now
+            reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+            log.warning(
+                "Cache backend %s unavailable (%s %s); requests pass through uncached "
+                "(next warning in %.0fs at the earliest)", self.name, op, reason, WARN_EVERY,
+            )
+
+
+def open_store(settings: CacheSettings, metrics: Metrics) -> Store:
+    if settings.backend == "redis":
+        return Store(_redis(settings), "redis", metrics.cache_errors)
+    # No per-call timeout in process: these calls never wait, and aiocache's would cost a task per call.
+    memory = BoundedMemoryCache(settings.max_entries, settings.max_bytes, timeout=None)
+    metrics.cache_entries.set_function(lambda: len(memory.ledger))
+    metrics.cache_bytes.set_function(lambda: memory.ledger.bytes)
+    return Store(memory, "memory", metrics.cache_errors)
+
+
+def _redis(settings: CacheSettings) -> Any:
+    backend = Cache.from_url(settings.redis_url)  # host, port, db and password, as aiocache reads them
+    backend.serializer = BytesSerializer()
+    backend.namespace = settings.namespace
+    backend.timeout = settings.op_timeout
+    return backend
