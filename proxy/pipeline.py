@@ -75,6 +75,9 @@ class Pipeline:
             response = await self._proxy(request, ex, self.runtime.upstreams[ex.target.upstream.name])
         except EgressError as error:
             response = self._refuse(error, ex)
+        except asyncio.CancelledError:
+            ex.delivery.broken = "client_disconnected"  # the caller hung up; its upstream call was cancelled
+            raise
         finally:
             self._account(request, ex)
         return response

@@ -270,3 +270,23 @@ async def test_client_disconnect_mid_stream_frees_everything(upstream, make_side
     upstream.default = respond(200, b"still fine")
     async with aiohttp.ClientSession() as session, session.get(sc.url + "/gemini/x") as resp:
         assert await resp.read() == b"still fine"
+
+
+async def test_a_caller_hanging_up_is_logged_as_499_and_cancels_the_upstream_call(upstream, make_sidecar, caplog):
+    import logging
+
+    from tests.support.upstream import hang
+
+    caplog.set_level(logging.INFO, logger="egress.access")
+    upstream.default = hang()
+    sc = await make_sidecar(policy(upstream))
+    async with aiohttp.ClientSession() as session:
+        task = asyncio.create_task(session.get(sc.url + "/gemini/slow"))
+        await asyncio.sleep(0.2)
+        task.cancel()
+    for _ in range(50):
+        if any("status=499" in r.getMessage() for r in caplog.records):
+            break
+        await asyncio.sleep(0.02)
+    assert any("status=499" in r.getMessage() for r in caplog.records)
+    assert sc.runtime.upstreams["gemini"].bulkhead.inflight == 0
