@@ -35,6 +35,7 @@ def _port_problem(address: Address, key: str, source: str) -> Problem | None:
     try:
         family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is no clash
             sock.bind((address.host, address.port))
     except OSError as exc:
         return Problem(source, address.line, key, f"cannot listen on {address}: {exc.strerror}")
