@@ -1,4 +1,4 @@
-"""The admin port: health, readiness, metrics, breakers, upstreams and the effective policy.
+"""The admin port: health, readiness, metrics, breakers, upstreams, the effective policy and cache purges.
 
 It reads the runtime; it never reaches into stage internals. Mutating endpoints need
 `Authorization: Bearer <admin.token>` when the policy sets a token.
@@ -101,6 +101,23 @@ async def breaker_action(request: web.Request) -> web.Response:
     return _json(breaker.snapshot())
 
 
+@mutating
+async def purge_cache(request: web.Request) -> web.Response:
+    """`DELETE /cache?upstream=<name>[&route=<route>]`: O(1), a generation bump; the orphans expire."""
+    runtime = _state(request).runtime
+    name, route = request.query.get("upstream"), request.query.get("route")
+    if not name:
+        return _json({"error": "bad_request", "detail": "DELETE /cache?upstream=<name>[&route=<route>]"}, status=400)
+    upstream = runtime.policy.upstreams.get(name)
+    if upstream is None:
+        return _json({"error": "unknown_upstream", "detail": f"no upstream named {name!r}"}, status=404)
+    if route is not None and route not in {r.name for r in upstream.routes}:
+        return _json({"error": "unknown_route", "detail": f"no route {route!r} in upstream {name!r}"}, status=404)
+    if not await runtime.cache.purge(name, route):
+        return _json({"error": "cache_unavailable", "detail": "the cache backend did not answer"}, status=503)
+    return _json({"purged": {"upstream": name, "route": route}})
+
+
 async def upstreams(request: web.Request) -> web.Response:
     runtime = _state(request).runtime
     return _json({name: s.snapshot() for name, s in runtime.upstreams.items()})
@@ -116,4 +133,5 @@ def build_admin_app(state: AdminState) -> web.Application:
     app.router.add_get("/breakers", breakers)
     app.router.add_post("/breakers/{name}/{action:open|close|reset}", breaker_action)
     app.router.add_get("/upstreams", upstreams)
+    app.router.add_delete("/cache", purge_cache)
     return app

@@ -1,12 +1,15 @@
 """The data path, top to bottom. Every proxied request crosses these stages in this order:
 
     route       /<upstream>/<path> + METHOD glob -> Route        (404 no_route, 400/405 bad_request)
+    cache       a HIT answers here, without an upstream slot; identical concurrent misses wait for one
+                fetch (single-flight); MISS / REFRESH / BYPASS go on
     deadline    the route's total, shortened by X-Egress-Timeout
     bulkhead    a slot in the upstream's limits                    (503 overloaded, 504 pool timeout)
     body        buffered up to retry.max_body so it can be replayed, else streamed
     retry loop  backoff, budget, Retry-After/throttle, idempotency rule
       breaker     fail fast while open                            (503 circuit_open)
       attempt     one request upstream, classified                 (504 timeout, 502 connect_error/reset)
+    cache fill  store a cacheable answer; STALE instead of a failure; a 2xx write invalidates its path
     respond     stream the answer through, or render the EgressError
     account     one access-log line and the metrics
 
@@ -16,7 +19,9 @@ Each stage lives in its own module; this file only wires them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -24,14 +29,16 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from proxy.breaker import Trial
+from proxy.cache import CACHE_HEADER, Entry, Lookup, ReadPlan, WritePlan
+from proxy.cache.capture import read_capped
 from proxy.deadline import CALLER_TIMEOUT_HEADER, Deadline
-from proxy.errors import BadRequest, EgressError, Unavailable
-from proxy.forward import Outgoing, RequestBody
+from proxy.errors import BadRequest, EgressError, Unavailable, UpstreamTimeout
+from proxy.forward import Outgoing, RequestBody, classify
 from proxy.headers import REQUEST_ID, end_to_end, request_id
 from proxy.logs import log_access, redact_target
 from proxy.metrics import method_label
 from proxy.policy import Route
-from proxy.respond import Delivery, error_response, send_answer
+from proxy.respond import Delivery, entry_response, error_response, send_answer
 from proxy.retry import IDEMPOTENCY_KEY, Answer, Outcome, RetryContext, RetryLoop, breaker_failure, is_idempotent
 from proxy.routing import Target
 from proxy.runtime import Runtime, UpstreamState
@@ -59,7 +66,14 @@ class Exchange:
         headers = {REQUEST_ID: self.request_id}
         if self.attempts:
             headers[ATTEMPTS_HEADER] = str(self.attempts)
+        if self.cache:
+            headers[CACHE_HEADER] = self.cache
         return headers
+
+
+# What becomes of the retry loop's final outcome: by default streamed through or raised; the cache stage
+# passes its own (store, fall back to STALE, invalidate).
+Finish = Callable[[web.BaseRequest, Exchange, Outcome, Deadline], Awaitable[web.StreamResponse]]
 
 
 class Pipeline:
@@ -72,7 +86,7 @@ class Pipeline:
         response: web.StreamResponse
         try:
             ex.target = self.runtime.router.resolve(request.method, request.raw_path)
-            response = await self._proxy(request, ex, self.runtime.upstreams[ex.target.upstream.name])
+            response = await self._cached(request, ex, self.runtime.upstreams[ex.target.upstream.name])
         except EgressError as error:
             response = self._refuse(error, ex)
         except asyncio.CancelledError:
@@ -82,7 +96,98 @@ class Pipeline:
             self._account(request, ex)
         return response
 
-    async def _proxy(self, request: web.BaseRequest, ex: Exchange, state: UpstreamState) -> web.StreamResponse:
+    # -- cache: HIT, single-flight, STALE, store, invalidate --------------------------------------------
+
+    async def _cached(self, request: web.BaseRequest, ex: Exchange, state: UpstreamState) -> web.StreamResponse:
+        """A cacheable read is answered here, waits for an identical one, or goes upstream and fills the cache;
+        a write that invalidates goes upstream and then invalidates; anything else goes straight on."""
+        assert ex.target is not None
+        cache = self.runtime.cache
+        plan = cache.plan(ex.target, request.method, request.headers)
+        if isinstance(plan, WritePlan):
+            return await self._proxy(request, ex, state, functools.partial(self._invalidating, plan))
+        if not isinstance(plan, ReadPlan):
+            return await self._proxy(request, ex, state)
+        async with cache.lookup(plan) as lookup:
+            ex.cache = lookup.result
+            if lookup.ready is not None:
+                return self._from_cache(request, ex, lookup, lookup.ready)
+            if lookup.failed is not None:
+                raise lookup.failed  # the identical request this one waited for failed: so does this one
+            try:
+                return await self._proxy(request, ex, state, functools.partial(self._fill, lookup))
+            except EgressError as error:
+                stale = cache.fallback(lookup, error)
+                if stale is None:
+                    raise
+                return self._from_cache(request, ex, lookup, stale)
+
+    async def _fill(
+        self, lookup: Lookup, request: web.BaseRequest, ex: Exchange, outcome: Outcome, deadline: Deadline
+    ) -> web.StreamResponse:
+        """The upstream's answer to a cacheable read: STALE instead of a 5xx, stored when the rules allow."""
+        cache = self.runtime.cache
+        if isinstance(outcome, EgressError):
+            raise outcome
+        if outcome.status >= 500 and (stale := cache.fallback(lookup, outcome.status)) is not None:
+            await outcome.discard()
+            return self._from_cache(request, ex, lookup, stale)
+        prefix = b""
+        if cache.storable(lookup, outcome.status, outcome.response.headers):
+            body, prefix = await self._capture(request, ex, outcome, deadline)
+            if body is not None:
+                await cache.store(lookup, outcome.status, outcome.response.headers, body)
+        cache.release(lookup)
+        return await self._respond(request, ex, outcome, deadline, prefix)
+
+    async def _capture(
+        self, request: web.BaseRequest, ex: Exchange, answer: Answer, deadline: Deadline
+    ) -> tuple[bytes | None, bytes]:
+        """(body to store, b"") when it fits in cache.max_body; else (None, what was read of it: to send first).
+
+        Like streaming, a body of known length must arrive within the deadline; a chunked one within `read`.
+        """
+        assert ex.target is not None
+        if request.method == "HEAD":
+            return b"", b""  # stored as headers alone; the answer itself streams through untouched
+        limit = self.runtime.cache.max_body
+        length = answer.response.content_length
+        if length is not None and length > limit:
+            return None, b""
+        try:
+            async with asyncio.timeout(max(deadline.remaining(), 0.001) if length is not None else None):
+                data, complete = await read_capped(answer.response.content, limit)
+        except (aiohttp.ClientError, OSError) as exc:
+            answer.close()
+            raise classify(exc, ex.target.upstream.name, ex.target.route.timeouts) from exc
+        except TimeoutError as exc:
+            answer.close()
+            raise UpstreamTimeout("total", deadline.budget, upstream=ex.target.upstream.name) from exc
+        if not complete:
+            return None, data
+        answer.body = data
+        return data, b""
+
+    async def _invalidating(
+        self, plan: WritePlan, request: web.BaseRequest, ex: Exchange, outcome: Outcome, deadline: Deadline
+    ) -> web.StreamResponse:
+        """A successful write makes the path's cached reads unreachable before the writer hears back."""
+        if isinstance(outcome, Answer) and 200 <= outcome.status < 300:
+            await self.runtime.cache.invalidate(plan, f"{request.method} {outcome.status}")
+        return await self._deliver(request, ex, outcome, deadline)
+
+    def _from_cache(self, request: web.BaseRequest, ex: Exchange, lookup: Lookup, entry: Entry) -> web.Response:
+        ex.cache = lookup.result
+        ex.status = entry.status
+        response = entry_response(entry, request.method, ex.reply_headers())
+        ex.delivery.sent = len(response.body) if isinstance(response.body, bytes) else 0
+        return response
+
+    # -- deadline, bulkhead, retry loop ----------------------------------------------------------------
+
+    async def _proxy(
+        self, request: web.BaseRequest, ex: Exchange, state: UpstreamState, finish: Finish | None = None
+    ) -> web.StreamResponse:
         assert ex.target is not None
         route = ex.target.route
         deadline = Deadline.start(route.timeouts.total, request.headers.get(CALLER_TIMEOUT_HEADER))
@@ -103,11 +208,16 @@ class Pipeline:
                     outcome = await loop.run(lambda trial: self._attempt(state, route, out, deadline, trial))
                 finally:
                     ex.attempts = loop.ctx.attempts
-                if isinstance(outcome, EgressError):
-                    raise outcome
-                return await self._respond(request, ex, outcome, deadline)
+                return await (finish or self._deliver)(request, ex, outcome, deadline)
         finally:
             gauge.dec()
+
+    async def _deliver(
+        self, request: web.BaseRequest, ex: Exchange, outcome: Outcome, deadline: Deadline
+    ) -> web.StreamResponse:
+        if isinstance(outcome, EgressError):
+            raise outcome
+        return await self._respond(request, ex, outcome, deadline)
 
     async def _read_body(self, request: web.BaseRequest, state: UpstreamState, replay_limit: int) -> RequestBody:
         try:
@@ -164,12 +274,12 @@ class Pipeline:
         return answer
 
     async def _respond(
-        self, request: web.BaseRequest, ex: Exchange, answer: Answer, deadline: Deadline
+        self, request: web.BaseRequest, ex: Exchange, answer: Answer, deadline: Deadline, prefix: bytes = b""
     ) -> web.StreamResponse:
         ex.status = answer.status
         try:
             response, ex.delivery = await send_answer(
-                request, answer, ex.reply_headers(), max(deadline.remaining(), 0.001)
+                request, answer, ex.reply_headers(), max(deadline.remaining(), 0.001), prefix
             )
         finally:
             answer.response.close()  # a no-op once released to the pool; frees it on any early exit

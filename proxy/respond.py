@@ -1,4 +1,5 @@
-"""Writing answers to the caller: an upstream response streamed through, or the sidecar's own error."""
+"""Writing answers to the caller: an upstream response streamed through, a stored one from the cache, or the
+sidecar's own error."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 
+from proxy.cache.entry import Entry
 from proxy.errors import EgressError
 from proxy.headers import end_to_end
 from proxy.retry import Answer
@@ -19,6 +22,7 @@ log = logging.getLogger("egress.respond")
 
 NO_BODY_STATUSES = frozenset({204, 304})
 EGRESS_ERROR_HEADER = "X-Egress-Error"
+AGE_HEADER = "Age"
 
 
 @dataclass(slots=True)
@@ -37,6 +41,18 @@ def error_response(error: EgressError, extra: Mapping[str, str]) -> web.Response
     )
 
 
+def entry_response(entry: Entry, method: str, extra: Mapping[str, str]) -> web.Response:
+    """A stored answer as the upstream gave it, plus its `Age`. HEAD gets the headers alone."""
+    headers = CIMultiDict(entry.headers)
+    with_body = method != "HEAD" and entry.status not in NO_BODY_STATUSES
+    if with_body:
+        headers.popall("Content-Length", None)  # aiohttp sets it from the body
+    response = web.Response(status=entry.status, headers=headers, body=entry.body if with_body else None)
+    response.headers.update(extra)
+    response.headers[AGE_HEADER] = str(int(entry.age()))
+    return response
+
+
 def _response_head(answer: Answer, extra: Mapping[str, str]) -> web.StreamResponse:
     upstream = answer.response
     out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
@@ -49,12 +65,17 @@ def _response_head(answer: Answer, extra: Mapping[str, str]) -> web.StreamRespon
 
 
 async def send_answer(
-    request: web.BaseRequest, answer: Answer, extra: Mapping[str, str], remaining: float | None = None
+    request: web.BaseRequest,
+    answer: Answer,
+    extra: Mapping[str, str],
+    remaining: float | None = None,
+    prefix: bytes = b"",
 ) -> tuple[web.StreamResponse, Delivery]:
     """Stream the upstream's response through as it arrives (SSE chunks are not held back).
 
     A body of known length must arrive within the request's `remaining` time (the `total` timeout);
-    a streamed one (chunked, SSE) is bounded only by the gap between bytes (`read`).
+    a streamed one (chunked, SSE) is bounded only by the gap between bytes (`read`). `prefix` is the start
+    of the body the sidecar already read (the cache looked, found it too large, and let it go): it goes first.
     """
     out = _response_head(answer, extra)
     delivery = Delivery()
@@ -67,6 +88,9 @@ async def send_answer(
                 delivery.sent = len(answer.body)
         elif request.method != "HEAD" and upstream.status not in NO_BODY_STATUSES:
             bounded = remaining if upstream.content_length is not None else None
+            if prefix:
+                await out.write(prefix)
+                delivery.sent = len(prefix)
             try:
                 async with asyncio.timeout(bounded):
                     async for chunk in upstream.content.iter_any():

@@ -1,5 +1,6 @@
 """Everything with state, built from one `Policy`: sessions, bulkheads, breakers, budgets, throttle clocks,
-metrics. One owner, handed to the pipeline and the admin server explicitly; no module-level state."""
+the response cache, metrics. One owner, handed to the pipeline and the admin server explicitly; no
+module-level state."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pybreaker
 
 from proxy.breaker import STATE_VALUES, Breaker
 from proxy.budget import RetryBudgetWindow
+from proxy.cache import ResponseCache
 from proxy.forward import Forwarder, open_session
 from proxy.limits import Bulkhead
 from proxy.metrics import Metrics
@@ -95,6 +97,8 @@ class Runtime:
         self.started = time.time()
         listener = BreakerTelemetry(self.metrics)
         self.upstreams = {name: UpstreamState(u, self.metrics, listener) for name, u in policy.upstreams.items()}
+        # Holds settings, not routes: a policy reload should hand this same cache to the next runtime.
+        self.cache = ResponseCache.open(policy.cache, self.metrics)
 
     @property
     def breakers(self) -> dict[str, Breaker]:
@@ -103,3 +107,4 @@ class Runtime:
     async def close(self) -> None:
         for state in self.upstreams.values():
             await state.close()
+        await self.cache.close()

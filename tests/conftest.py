@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 
+from tests.support.redis import make_redis, redis_namespace, redis_url  # noqa: F401  (fixtures, for every test)
 from tests.support.sidecar import RunningSidecar, start_sidecar
 from tests.support.upstream import FaultyUpstream
 

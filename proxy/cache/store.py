@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import logging
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from aiocache import Cache
+from aiocache import RedisCache
 from aiocache.serializers import NullSerializer
 from prometheus_client import Counter
 
@@ -34,6 +35,13 @@ class BytesSerializer(NullSerializer):  # type: ignore[misc]  # aiocache ships n
     """Values are stored and read back as bytes, untouched (aiocache's Redis cache would JSON them)."""
 
     DEFAULT_ENCODING = None
+
+
+class RedisBackend(RedisCache):  # type: ignore[misc]  # aiocache ships no type hints
+    """aiocache's Redis cache, closed with redis-py's `aclose()` (aiocache 0.12.3 calls the deprecated `close()`)."""
+
+    async def _close(self, *args: Any, _conn: Any = None, **kwargs: Any) -> None:
+        await self.client.aclose()
 
 
 class Store:
@@ -95,9 +103,19 @@ def open_store(settings: CacheSettings, metrics: Metrics) -> Store:
     return Store(memory, "memory", metrics.cache_errors)
 
 
-def _redis(settings: CacheSettings) -> Any:
-    backend = Cache.from_url(settings.redis_url)  # host, port, db and password, as aiocache reads them
-    backend.serializer = BytesSerializer()
-    backend.namespace = settings.namespace
-    backend.timeout = settings.op_timeout
-    return backend
+def _redis(settings: CacheSettings) -> RedisBackend:
+    """`redis://[[user]:password@]host[:port][/db]`, or `rediss://` for TLS. Connections open on first use."""
+    url = urllib.parse.urlsplit(settings.redis_url)
+    if url.scheme not in ("redis", "rediss"):
+        raise ValueError(f"cache.redis_url must start with redis:// or rediss://, got {url.scheme or '(none)'}://")
+    return RedisBackend(
+        endpoint=url.hostname or "127.0.0.1",
+        port=url.port or 6379,
+        db=url.path.strip("/") or 0,
+        password=urllib.parse.unquote(url.password) if url.password else None,
+        ssl=url.scheme == "rediss",
+        connection_pool_kwargs={"username": urllib.parse.unquote(url.username)} if url.username else None,
+        serializer=BytesSerializer(),
+        namespace=settings.namespace,  # aiocache writes every key as `<namespace>:<key>`
+        timeout=settings.op_timeout,  # aiocache bounds every call with it (asyncio.wait_for)
+    )

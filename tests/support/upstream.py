@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
 import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -94,6 +95,17 @@ def respond(
     async def behaviour(request: web.BaseRequest, record: Recorded) -> web.StreamResponse:
         await _read(request, record)
         return web.Response(status=status, body=payload if status not in (204, 304) else None, headers=headers)
+
+    return behaviour
+
+
+def numbered(status: int = 200, headers: dict[str, str] | None = None) -> Behaviour:
+    """Answer `1`, `2`, `3`... in arrival order, so a test can tell which upstream answer it was given."""
+    count = itertools.count(1)
+
+    async def behaviour(request: web.BaseRequest, record: Recorded) -> web.StreamResponse:
+        await _read(request, record)
+        return web.Response(status=status, text=str(next(count)), headers=headers)
 
     return behaviour
 
@@ -265,6 +277,20 @@ class BlackholeListener:
     def close(self) -> None:
         for s in self._fillers:
             s.close()
+        self.server.close()
+
+
+class SilentListener:
+    """Connections complete (the kernel accepts them into the backlog) but nothing is ever read or answered:
+    a server that hangs after connect, like a Redis stuck behind a slow command."""
+
+    def __init__(self) -> None:
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(128)
+        self.port = int(self.server.getsockname()[1])
+
+    def close(self) -> None:
         self.server.close()
 
 

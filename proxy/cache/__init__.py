@@ -1,0 +1,254 @@
+"""Response caching: the `ResponseCache` façade the pipeline's cache stage calls.
+
+    plan()      what a request is to the cache: a read (GET/HEAD on a cached route), a write that
+                invalidates (POST/PUT/PATCH/DELETE on a path whose GET route says invalidate_on_write), or nothing
+    lookup()    for a read, a context: HIT (answer now, no upstream slot), a concurrent identical request's
+                answer (single-flight), or MISS/REFRESH/BYPASS (go upstream; a stale entry may be kept aside)
+    storable()/store()   keep the upstream's answer
+    release()   let the requests waiting on this one go, before its answer streams to its own caller
+    fallback()  the upstream failed: the stale entry to serve instead, if any
+    invalidate()/purge() bump a generation: every entry of the path / upstream / route becomes unreachable
+
+Modules: `keys` (HMAC keys, generations, vary markers), `entry` (the stored form), `rules` (HTTP caching
+rules), `store` (the guarded aiocache backend), `memory` (LRU bounds), `flight` (single-flight),
+`capture` (bounded body reads). The cache outlives a policy reload: it holds settings, not routes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+
+from multidict import CIMultiDictProxy
+
+from proxy.cache.entry import Entry
+from proxy.cache.flight import Flight, SingleFlight
+from proxy.cache.keys import KeyMaker, RequestKey, header_values, key_secret
+from proxy.cache.rules import CACHEABLE_METHODS, WRITE_METHODS, Mode, extra_vary, refusal, request_mode, stored_headers
+from proxy.cache.store import Store, open_store
+from proxy.errors import EgressError
+from proxy.logs import redact_target
+from proxy.metrics import Metrics
+from proxy.policy import CacheSettings, RouteCache
+from proxy.routing import Target
+
+__all__ = ["CACHE_HEADER", "Entry", "Lookup", "ReadPlan", "ResponseCache", "WritePlan"]
+
+log = logging.getLogger("egress.cache")
+
+CACHE_HEADER = "X-Egress-Cache"
+HIT, MISS, STALE = "HIT", "MISS", "STALE"
+# Failures a stale entry stands in for: the upstream could not answer (or was not asked, to protect it).
+STALE_ON = frozenset(
+    {"upstream_timeout", "upstream_connect_error", "upstream_reset", "circuit_open", "overloaded", "throttled"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadPlan:
+    key: RequestKey
+    rule: RouteCache
+    mode: Mode
+    headers: CIMultiDictProxy[str]  # the caller's, for the values of Vary'd headers
+    label: str  # "supabase bot_profile GET /rest/v1/bot_profiles?id=eq.1", secrets redacted, for log lines
+
+
+@dataclass(frozen=True, slots=True)
+class WritePlan:
+    upstream: str
+    path: str
+    label: str
+
+
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """What a single-flight leader hands its followers: the entry it answered with, or its failure."""
+
+    result: str
+    entry: Entry | None = None
+    vary: str = ""  # digest of the leader's values of `entry.vary`: a follower must have the same
+    error: EgressError | None = None
+
+
+class Lookup:
+    """One read's dealings with the cache, filled in as the request crosses the stage."""
+
+    def __init__(self, plan: ReadPlan) -> None:
+        self.plan = plan
+        self.result = MISS if plan.mode is Mode.LOOKUP else plan.mode.value
+        self.ready: Entry | None = None  # answer with this now (a HIT, or a leader's STALE)
+        self.failed: EgressError | None = None  # the leader this request waited for failed like this
+        self.stale: Entry | None = None  # expired but within stale_if_error: the fallback
+        self.generations: list[int] | None = None  # None: the backend did not answer, so nothing is stored
+        self.marker: tuple[str, ...] = ()  # Vary'd header names the store knew of
+        self.shared: Shared | None = None
+        self.flight: Flight[Shared] | None = None  # set when this request leads a single-flight
+
+
+class ResponseCache:
+    def __init__(self, settings: CacheSettings, store: Store, keys: KeyMaker, metrics: Metrics) -> None:
+        self.settings = settings
+        self.storage = store
+        self.keys = keys
+        self.metrics = metrics
+        self._flights: SingleFlight[Shared] = SingleFlight()
+
+    @classmethod
+    def open(cls, settings: CacheSettings, metrics: Metrics, environ: Mapping[str, str] | None = None) -> ResponseCache:
+        secret = key_secret(settings, os.environ if environ is None else environ)
+        return cls(settings, open_store(settings, metrics), KeyMaker(secret), metrics)
+
+    @property
+    def max_body(self) -> int:
+        return self.settings.max_body
+
+    async def close(self) -> None:
+        await self.storage.close()
+
+    # -- what a request is to the cache ---------------------------------------------------------------
+
+    def plan(self, target: Target, method: str, headers: CIMultiDictProxy[str]) -> ReadPlan | WritePlan | None:
+        route = target.route
+        if method in CACHEABLE_METHODS and route.cache is not None:
+            identity = header_values(headers, route.cache.vary)
+            key = self.keys.request(target.upstream.name, route.name, method, target.path, target.query, identity)
+            label = f"{key.upstream} {key.route} {method} {redact_target(target.path, target.query)}"
+            return ReadPlan(key, route.cache, request_mode(headers), headers, label)
+        if method in WRITE_METHODS and _invalidated_by_writes(target):
+            return WritePlan(target.upstream.name, target.path, f"{target.upstream.name} {target.path}")
+        return None
+
+    # -- reads ------------------------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lookup(self, plan: ReadPlan) -> AsyncIterator[Lookup]:
+        """Leaves the single-flight (handing followers what this request got) and counts the result on exit."""
+        lookup = Lookup(plan)
+        # Only plain lookups share: no-cache asked for its own fetch, no-store for no cache at all.
+        flight = self._flights.join(plan.key.base) if plan.mode is Mode.LOOKUP else None
+        try:
+            if flight is not None and not flight.leads:
+                await self._follow(lookup, flight)
+            else:
+                lookup.flight = flight
+                if plan.mode is not Mode.BYPASS:
+                    await self._find(lookup)
+            if lookup.ready is None:  # going upstream (a served entry was logged where it was found)
+                log.debug("Cache %s %s", lookup.result, plan.label)
+            yield lookup
+        finally:
+            self.release(lookup)
+            self.metrics.cache_requests.labels(plan.key.upstream, plan.key.route, lookup.result).inc()
+
+    def release(self, lookup: Lookup) -> None:
+        """Hand followers what this request has for them (an entry, a failure, or nothing: then they fetch
+        for themselves). Called once the answer is known, so nobody waits while it streams; again on exit."""
+        if lookup.flight is not None:
+            lookup.flight.land(lookup.shared)
+
+    async def _follow(self, lookup: Lookup, flight: Flight[Shared]) -> None:
+        shared = await flight.outcome()
+        if shared is not None and shared.error is not None:
+            lookup.failed = shared.error
+        elif shared is not None and shared.entry is not None and shared.vary == self._vary(lookup, shared.entry):
+            lookup.ready = shared.entry
+            lookup.result = shared.result
+            log.debug("Cache %s %s (answered by a concurrent identical request)", lookup.result, lookup.plan.label)
+        else:  # the leader had nothing this request may use: it goes on by itself
+            await self._find(lookup)
+
+    async def _find(self, lookup: Lookup) -> None:
+        key = lookup.plan.key
+        found = await self.storage.get_many([*key.generations, key.marker])
+        if found is None:
+            return  # the backend is unavailable: pass through, store nothing
+        *generations, marker = found
+        lookup.generations = [int(g or 0) for g in generations]
+        lookup.marker = tuple(marker.decode().split(",")) if marker else ()
+        if lookup.plan.mode is not Mode.LOOKUP:
+            return
+        data = await self.storage.get(self._entry_key(lookup, lookup.marker))
+        entry = Entry.decode(data) if data else None
+        now = time.time()
+        if entry is None:
+            return
+        if entry.is_fresh(now):
+            lookup.ready = entry
+            lookup.result = HIT
+            self._share(lookup, HIT, entry)
+            log.debug("Cache HIT %s (age=%.1fs)", lookup.plan.label, entry.age(now))
+        elif entry.is_usable_stale(now):
+            lookup.stale = entry
+
+    def storable(self, lookup: Lookup, status: int, headers: CIMultiDictProxy[str]) -> bool:
+        if lookup.plan.mode is Mode.BYPASS:
+            return False
+        refused = refusal(lookup.plan.rule, status, headers)
+        if refused is not None:
+            log.debug("Cache not storing %s: %s", lookup.plan.label, refused)
+        return refused is None
+
+    async def store(self, lookup: Lookup, status: int, headers: CIMultiDictProxy[str], body: bytes) -> None:
+        """Keep an answer `storable` allowed; concurrent identical requests get it even if the backend is down."""
+        plan = lookup.plan
+        rule = plan.rule
+        entry = Entry(status, stored_headers(headers), body, time.time(), rule.ttl, rule.stale_if_error,
+                      extra_vary(headers, rule))
+        self._share(lookup, HIT, entry)
+        if lookup.generations is None or entry.lifetime <= 0:
+            return  # without the current generations a write could land where invalidated entries lived
+        if entry.vary != lookup.marker:
+            await self.storage.set(plan.key.marker, ",".join(entry.vary).encode(), entry.lifetime)
+        if await self.storage.set(self._entry_key(lookup, entry.vary), entry.encode(), entry.lifetime):
+            log.info("Cache SET %s (ttl=%gs)", plan.label, rule.ttl)
+
+    def fallback(self, lookup: Lookup, failure: EgressError | int) -> Entry | None:
+        """The upstream failed (an error, or a 5xx status): the stale entry to serve instead, if any."""
+        eligible = failure >= 500 if isinstance(failure, int) else failure.reason in STALE_ON
+        entry = lookup.stale if eligible else None
+        if entry is None:
+            if isinstance(failure, EgressError):
+                lookup.shared = Shared(MISS, error=failure)  # identical requests waiting on this one fail alike
+            return None
+        lookup.result = STALE
+        self._share(lookup, STALE, entry)
+        why = f"upstream answered {failure}" if isinstance(failure, int) else failure.reason
+        log.info("Cache STALE %s (age=%.0fs, %s)", lookup.plan.label, entry.age(), why)
+        return entry
+
+    def _share(self, lookup: Lookup, result: str, entry: Entry) -> None:
+        lookup.shared = Shared(result, entry, self._vary(lookup, entry))
+
+    def _vary(self, lookup: Lookup, entry: Entry) -> str:
+        return self.keys.vary(lookup.plan.headers, entry.vary)
+
+    def _entry_key(self, lookup: Lookup, vary: tuple[str, ...]) -> str:
+        assert lookup.generations is not None
+        return self.keys.entry(lookup.plan.key, lookup.generations, self.keys.vary(lookup.plan.headers, vary))
+
+    # -- writes and purges -----------------------------------------------------------------------------
+
+    async def invalidate(self, plan: WritePlan, why: str) -> None:
+        """After a successful write: every cached entry of the path (all queries, all callers) goes."""
+        if await self.storage.incr(self.keys.path_generation(plan.upstream, plan.path)) is None:
+            log.warning("Cache INVALIDATE failed for %s after %s: its entries may be served until they expire",
+                        plan.label, why)
+            return
+        log.info("Cache INVALIDATE %s (after %s)", plan.label, why)
+
+    async def purge(self, upstream: str, route: str | None = None) -> bool:
+        key = self.keys.route_generation(upstream, route) if route else self.keys.upstream_generation(upstream)
+        purged = await self.storage.incr(key) is not None
+        log.info("Cache PURGE %s%s%s", upstream, f" route={route}" if route else "", "" if purged else " failed")
+        return purged
+
+
+def _invalidated_by_writes(target: Target) -> bool:
+    """Routes match by method: the write may be a different route than the read it invalidates."""
+    upstream = target.upstream
+    readers = (upstream.route_for(method, target.path) for method in CACHEABLE_METHODS)
+    return any(route.cache is not None and route.cache.invalidate_on_write for route in readers)

@@ -1,0 +1,206 @@
+"""Response caching with the Redis backend: shared by replicas (entries, invalidations, purges), keys that
+hold no credential, and a Redis that dies or stalls costs the data plane nothing but the cache."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from multidict import CIMultiDictProxy
+
+from tests.support.upstream import FaultyUpstream, SilentListener, delay, numbered, respond
+
+Reply = tuple[int, CIMultiDictProxy[str], bytes]
+SECRETS = {"Authorization": "Bearer sekrit-jwt-value", "apikey": "sekrit-api-key", "X-Tenant": "sekrit-tenant"}
+
+
+def policy(
+    upstream: FaultyUpstream, redis_url: str, namespace: str, cache: str = "{ttl: 5m}", top: str = ""
+) -> str:
+    return f"""
+    {top}
+    cache: {{backend: redis, redis_url: "{redis_url}", namespace: {namespace}, op_timeout: 50ms}}
+    upstreams:
+      supabase:
+        url: {upstream.url}
+        retry: {{attempts: 1}}
+        routes:
+          - name: bot_profile
+            match: GET /rest/v1/bot_profiles
+            cache: {cache}
+          - name: accounts
+            match: GET /rest/v1/accounts
+            cache: {{ttl: 5m, invalidate_on_write: true}}
+    """
+
+
+async def call(
+    client: aiohttp.ClientSession, url: str, method: str = "GET", headers: dict[str, str] | None = None
+) -> Reply:
+    async with client.request(method, url, headers=headers) as resp:
+        return resp.status, resp.headers, await resp.read()
+
+
+def state(reply: Reply) -> str | None:
+    return reply[1].get("X-Egress-Cache")
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+async def keys_of(client: aioredis.Redis, namespace: str) -> list[str]:
+    return [key.decode() async for key in client.scan_iter(match=f"{namespace}:*")]
+
+
+# -- shared entries --------------------------------------------------------------------------------------
+
+
+async def test_redis_keys_hold_no_credential_and_no_path(
+    upstream, make_sidecar, client, redis_url, redis_namespace, redis_client
+):
+    upstream.default = numbered(headers={"Vary": "X-Tenant"})
+    sc = await make_sidecar(policy(upstream, redis_url, redis_namespace))
+    url = sc.url + "/supabase/rest/v1/accounts?id=eq.1"
+    assert state(await call(client, url, headers=SECRETS)) == "MISS"
+    assert state(await call(client, url, headers=SECRETS)) == "HIT"
+    upstream.script(respond(204, b""))
+    await call(client, url, "PATCH", headers=SECRETS)
+    keys = await keys_of(redis_client, redis_namespace)
+    kinds = {key.split(":")[1] for key in keys}
+    assert kinds == {"entry", "vary", "gen"}
+    assert not [k for k in keys if "sekrit" in k or "/rest/v1" in k]
+    assert 0 < await redis_client.pttl(next(k for k in keys if ":entry:" in k)) <= 300_000
+
+
+async def test_an_entry_expires_after_its_ttl_in_redis(upstream, make_sidecar, client, redis_url, redis_namespace):
+    upstream.default = numbered()
+    sc = await make_sidecar(policy(upstream, redis_url, redis_namespace, "{ttl: 300ms}"))
+    url = sc.url + "/supabase/rest/v1/bot_profiles"
+    assert [state(await call(client, url)) for _ in range(2)] == ["MISS", "HIT"]
+    await asyncio.sleep(0.4)
+    reply = await call(client, url)
+    assert (reply[2], state(reply)) == (b"2", "MISS")
+
+
+async def test_two_sidecars_share_entries_and_invalidations(
+    upstream, make_sidecar, client, redis_url, redis_namespace
+):
+    upstream.default = numbered()
+    one = await make_sidecar(policy(upstream, redis_url, redis_namespace))
+    two = await make_sidecar(policy(upstream, redis_url, redis_namespace))
+    path = "/supabase/rest/v1/accounts?id=eq.42"
+    auth = {"Authorization": "Bearer user"}
+    assert (await call(client, one.url + path, headers=auth))[2] == b"1"
+    shared = await call(client, two.url + path, headers=auth)
+    assert (shared[2], state(shared)) == (b"1", "HIT")
+    upstream.script(respond(204, b""))
+    assert (await call(client, two.url + path, "PATCH", headers=auth))[0] == 204
+    fresh = await call(client, one.url + path, headers=auth)
+    assert (fresh[2], state(fresh)) == (b"2", "MISS")
+    assert state(await call(client, two.url + path, headers=auth)) == "HIT"
+
+
+async def test_a_purge_on_one_replica_empties_the_others(upstream, make_sidecar, client, redis_url, redis_namespace):
+    upstream.default = numbered()
+    admin = "listen: 127.0.0.1:0\n    admin: {listen: 127.0.0.1:0, token: t}"
+    one = await make_sidecar(policy(upstream, redis_url, redis_namespace, top=admin))
+    two = await make_sidecar(policy(upstream, redis_url, redis_namespace))
+    url = two.url + "/supabase/rest/v1/bot_profiles"
+    await call(client, url)
+    async with client.delete(one.admin + "/cache?upstream=supabase&route=bot_profile",
+                             headers={"Authorization": "Bearer t"}) as resp:
+        assert resp.status == 200
+    assert state(await call(client, url)) == "MISS"
+
+
+async def test_replicas_share_only_with_the_same_key_secret(
+    upstream, make_sidecar, client, redis_url, redis_namespace, monkeypatch
+):
+    upstream.default = numbered()
+    monkeypatch.setenv("EGRESS_CACHE_KEY_SECRET", "first-secret")
+    one = await make_sidecar(policy(upstream, redis_url, redis_namespace))
+    monkeypatch.setenv("EGRESS_CACHE_KEY_SECRET", "other-secret")
+    other = await make_sidecar(policy(upstream, redis_url, redis_namespace))
+    monkeypatch.setenv("EGRESS_CACHE_KEY_SECRET", "first-secret")
+    same = await make_sidecar(policy(upstream, redis_url, redis_namespace))
+    path = "/supabase/rest/v1/bot_profiles"
+    assert [state(await call(client, sc.url + path)) for sc in (one, other, same)] == ["MISS", "MISS", "HIT"]
+
+
+async def test_stale_if_error_with_redis(upstream, make_sidecar, client, redis_url, redis_namespace):
+    upstream.script(numbered(), respond(503, b"down"))
+    sc = await make_sidecar(policy(upstream, redis_url, redis_namespace, "{ttl: 300ms, stale_if_error: 1h}"))
+    url = sc.url + "/supabase/rest/v1/bot_profiles"
+    await call(client, url)
+    await asyncio.sleep(0.4)
+    reply = await call(client, url)
+    assert (reply[0], reply[2], state(reply)) == (200, b"1", "STALE")
+
+
+async def test_single_flight_with_redis(upstream, make_sidecar, client, redis_url, redis_namespace):
+    upstream.default = delay(0.2, numbered())
+    sc = await make_sidecar(policy(upstream, redis_url, redis_namespace))
+    url = sc.url + "/supabase/rest/v1/bot_profiles"
+    replies = await asyncio.gather(*(call(client, url) for _ in range(50)))
+    assert {r[2] for r in replies} == {b"1"}
+    assert len(upstream.requests) == 1
+
+
+# -- a Redis that fails ----------------------------------------------------------------------------------
+
+
+def cache_errors(sc) -> float:
+    return sc.runtime.metrics.registry.get_sample_value("egress_cache_errors_total", {"backend": "redis"}) or 0.0
+
+
+async def test_a_redis_that_dies_costs_only_the_cache_and_is_used_again_when_back(
+    upstream, make_sidecar, client, make_redis, redis_namespace, caplog
+):
+    caplog.set_level(logging.WARNING, logger="egress.cache")
+    upstream.default = numbered()
+    own = make_redis()
+    sc = await make_sidecar(policy(upstream, own.url, redis_namespace))
+    url = sc.url + "/supabase/rest/v1/bot_profiles"
+    assert [state(await call(client, url)) for _ in range(2)] == ["MISS", "HIT"]
+
+    own.stop()
+    for _ in range(5):
+        started = time.monotonic()
+        reply = await call(client, url)
+        assert (reply[0], state(reply)) == (200, "MISS")
+        assert time.monotonic() - started < 0.5
+    assert cache_errors(sc) >= 1
+    assert sum("Cache backend redis unavailable" in r.getMessage() for r in caplog.records) == 1
+
+    own.start()  # an empty Redis on the same port: the cache fills again by itself
+    give_up = time.monotonic() + 5
+    while state(await call(client, url)) != "HIT":
+        assert time.monotonic() < give_up, "the cache did not recover after Redis came back"
+        await asyncio.sleep(0.1)
+
+
+async def test_a_redis_that_never_answers_adds_no_more_than_the_op_timeout(
+    upstream, make_sidecar, client, redis_namespace
+):
+    upstream.default = numbered()
+    silent = SilentListener()
+    try:
+        sc = await make_sidecar(policy(upstream, f"redis://127.0.0.1:{silent.port}/0", redis_namespace))
+        url = sc.url + "/supabase/rest/v1/bot_profiles"
+        for expected in (b"1", b"2", b"3"):
+            started = time.monotonic()
+            reply = await call(client, url)
+            assert (reply[0], reply[2], state(reply)) == (200, expected, "MISS")
+            assert time.monotonic() - started < 0.3  # op_timeout is 50ms; aiocache's own default would be 5s
+        assert cache_errors(sc) >= 1
+    finally:
+        silent.close()
