@@ -492,12 +492,20 @@ def _route_cache(node: Located) -> RouteCache:
 CACHE_KEYS = ("backend", "redis_url", "max_entries", "max_bytes", "max_body", "op_timeout", "namespace")
 
 
+def _redis_url(node: Located) -> str:
+    raw = node.text().strip()
+    url = URL(raw)
+    if url.scheme not in ("redis", "rediss", "unix") or not (url.host or url.path):
+        raise Invalid(f"expected a redis URL like 'redis://127.0.0.1:6379/0', got {raw!r}")
+    return raw
+
+
 def _cache_settings(node: Located | None) -> CacheSettings:
     if node is None:
         return CacheSettings()
     spec: Mapping[str, Reader] = {
         "backend": lambda n, _: n.choice(("memory", "redis")),
-        "redis_url": lambda n, _: n.text(),
+        "redis_url": lambda n, _: _redis_url(n),
         "max_entries": _count(1),
         "max_bytes": _size,
         "max_body": _size,

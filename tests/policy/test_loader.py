@@ -671,3 +671,13 @@ def test_the_policy_is_immutable():
     with pytest.raises(TypeError):
         policy.upstreams["evil"] = gemini  # type: ignore[index]
     assert isinstance(gemini.routes, tuple) and isinstance(gemini.headers, tuple)
+
+
+def test_a_redis_url_that_is_not_one_is_an_error_at_its_line() -> None:
+    import pytest
+
+    from proxy.policy import PolicyError, parse_policy
+
+    with pytest.raises(PolicyError) as caught:
+        parse_policy("upstreams: {}\ncache:\n  backend: redis\n  redis_url: http://127.0.0.1:6379\n", "p.yaml", {})
+    assert str(caught.value).startswith("p.yaml:4: cache.redis_url: expected a redis URL")
