@@ -11,6 +11,7 @@ import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from aiohttp import web
@@ -23,13 +24,21 @@ from proxy.runtime import Runtime
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class AdminState:
-    """What the admin app reads: the runtime, and whether the data plane is serving."""
+@dataclass(frozen=True, slots=True)
+class ReloadResult:
+    applied: bool
+    problems: list[str]  # why a reload was refused, one `file:line: key: message` each
+    notes: list[str]  # what the reload could not apply (addresses: restart)
 
-    def __init__(self, runtime: Runtime) -> None:
+
+class AdminState:
+    """What the admin app reads: the runtime, whether the data plane is serving, and how to reload."""
+
+    def __init__(self, runtime: Runtime, reload: Callable[[], Awaitable[ReloadResult]] | None = None) -> None:
         self.runtime = runtime
         self.ready = False
         self.started = time.time()
+        self.reload = reload
 
 
 STATE = web.AppKey("state", AdminState)
@@ -118,6 +127,15 @@ async def purge_cache(request: web.Request) -> web.Response:
     return _json({"purged": {"upstream": name, "route": route}})
 
 
+@mutating
+async def reload(request: web.Request) -> web.Response:
+    state = _state(request)
+    if state.reload is None:
+        return _json({"error": "reload_unavailable"}, status=501)
+    result = await state.reload()
+    return _json(asdict(result), status=200 if result.applied else 400)
+
+
 async def upstreams(request: web.Request) -> web.Response:
     runtime = _state(request).runtime
     return _json({name: s.snapshot() for name, s in runtime.upstreams.items()})
@@ -133,5 +151,6 @@ def build_admin_app(state: AdminState) -> web.Application:
     app.router.add_get("/breakers", breakers)
     app.router.add_post("/breakers/{name}/{action:open|close|reset}", breaker_action)
     app.router.add_get("/upstreams", upstreams)
+    app.router.add_post("/reload", reload)
     app.router.add_delete("/cache", purge_cache)
     return app

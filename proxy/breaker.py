@@ -135,6 +135,12 @@ class Breaker:
             if trial.is_trial:
                 self._trial_in_flight = False
 
+    def reconfigure(self, policy: BreakerPolicy) -> None:
+        """A reloaded policy: new thresholds apply from now on; the state and its counts carry over."""
+        self.policy = policy
+        self._cb.fail_max = policy.failures
+        self._cb.reset_timeout = policy.reset_after
+
     # -- operator overrides ---------------------------------------------------------------------------
 
     def force_open(self) -> None:

@@ -52,6 +52,10 @@ class Metrics:
             "egress_rejected_total", "Requests refused without contacting the upstream",
             ["upstream", "reason"], registry=r,
         )
+        self.reloads = Counter(
+            "egress_policy_reloads_total", "Policy reloads, applied or refused (a bad file keeps the running policy)",
+            ["result"], registry=r,
+        )
         self.cache_requests = Counter(
             "egress_cache_requests_total", "Cache lookups by result (HIT, MISS, STALE, BYPASS, REFRESH)",
             ["upstream", "route", "result"], registry=r,

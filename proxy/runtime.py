@@ -44,18 +44,43 @@ class BreakerTelemetry(pybreaker.CircuitBreakerListener):
 
 
 class UpstreamState:
-    def __init__(self, upstream: Upstream, metrics: Metrics, listener: BreakerTelemetry) -> None:
+    """One upstream's live state. Built anew on a policy reload, carrying over from `previous` what should
+    survive it: the connection pool (same URL), breakers (by name), the bulkhead (same limits), the retry
+    budget's window and the throttle clock."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        metrics: Metrics,
+        listener: BreakerTelemetry,
+        previous: UpstreamState | None = None,
+    ) -> None:
         self.upstream = upstream
-        self.forwarder = Forwarder(upstream, open_session(upstream))
-        self.bulkhead = Bulkhead(upstream.name, upstream.limits)
-        self.budget = RetryBudgetWindow(upstream.default_route.retry.budget)
-        self.throttle = ThrottleClock(upstream.name)
+        same_url = previous is not None and previous.upstream.url == upstream.url
+        session = previous.forwarder.session if previous is not None and same_url else open_session(upstream)
+        self.forwarder: Forwarder = Forwarder(upstream, session)
+        self.bulkhead: Bulkhead = (
+            previous.bulkhead
+            if previous is not None and previous.upstream.limits == upstream.limits
+            else Bulkhead(upstream.name, upstream.limits)
+        )
+        budget = upstream.default_route.retry.budget
+        self.budget: RetryBudgetWindow = (
+            previous.budget if previous is not None and previous.budget.budget == budget else RetryBudgetWindow(budget)
+        )
+        self.throttle: ThrottleClock = previous.throttle if previous is not None else ThrottleClock(upstream.name)
         self.breakers: dict[str, Breaker] = {}
         for route in (upstream.default_route, *upstream.routes):
-            if route.breaker_name not in self.breakers:
+            if route.breaker_name in self.breakers:
+                continue
+            kept = previous.breakers.get(route.breaker_name) if previous is not None else None
+            if kept is not None:
+                kept.reconfigure(route.breaker)
+                self.breakers[route.breaker_name] = kept
+            else:
                 self.breakers[route.breaker_name] = Breaker(route.breaker_name, route.breaker, listener)
                 metrics.breaker_state.labels(route.breaker_name).set(0)
-        self._recent: list[tuple[float, bool]] = []  # (when, failed) of recent attempts, for /upstreams
+        self._recent: list[tuple[float, bool]] = previous._recent if previous is not None else []
 
     def breaker_for(self, route: Route) -> Breaker:
         return self.breakers[route.breaker_name]
@@ -90,19 +115,41 @@ class UpstreamState:
 
 
 class Runtime:
-    def __init__(self, policy: Policy, metrics: Metrics | None = None) -> None:
+    def __init__(self, policy: Policy, previous: Runtime | None = None) -> None:
         self.policy = policy
-        self.metrics = metrics or Metrics()
+        # Counters must keep counting across a reload: one registry for the life of the process.
+        self.metrics: Metrics = previous.metrics if previous is not None else Metrics()
         self.router = Router(policy.upstreams)
-        self.started = time.time()
-        listener = BreakerTelemetry(self.metrics)
-        self.upstreams = {name: UpstreamState(u, self.metrics, listener) for name, u in policy.upstreams.items()}
-        # Holds settings, not routes: a policy reload should hand this same cache to the next runtime.
-        self.cache = ResponseCache.open(policy.cache, self.metrics)
+        self.started: float = previous.started if previous is not None else time.time()
+        listener = previous._listener if previous is not None else BreakerTelemetry(self.metrics)
+        self._listener: BreakerTelemetry = listener
+        before = previous.upstreams if previous is not None else {}
+        self.upstreams: dict[str, UpstreamState] = {
+            name: UpstreamState(u, self.metrics, listener, before.get(name)) for name, u in policy.upstreams.items()
+        }
+        # The cache holds settings, not routes: a reload keeps it (and its entries) unless its settings change.
+        self.cache: ResponseCache
+        if previous is not None and previous.policy.cache == policy.cache:
+            self.cache = previous.cache
+        else:
+            self.cache = ResponseCache.open(policy.cache, self.metrics)
 
     @property
     def breakers(self) -> dict[str, Breaker]:
         return {name: b for state in self.upstreams.values() for name, b in state.breakers.items()}
+
+    def successor(self, policy: Policy) -> Runtime:
+        """The runtime for a reloaded policy; close the old one with `retire` once its requests are done."""
+        return Runtime(policy, previous=self)
+
+    async def retire(self, successor: Runtime) -> None:
+        """Close what the successor did not take over (pools of removed or re-pointed upstreams, an old cache)."""
+        kept = {id(state.forwarder.session) for state in successor.upstreams.values()}
+        for state in self.upstreams.values():
+            if id(state.forwarder.session) not in kept:
+                await state.close()
+        if successor.cache is not self.cache:
+            await self.cache.close()
 
     async def close(self) -> None:
         for state in self.upstreams.values():

@@ -1,4 +1,5 @@
-"""The sidecar process: data plane and admin server in one event loop, with a graceful stop."""
+"""The sidecar process: data plane and admin server in one event loop, a policy reload without restart
+(SIGHUP or admin `POST /reload`), and a graceful stop."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import asyncio
 import errno
 import logging
 import signal
+from collections.abc import Callable
 
 from aiohttp import web
 
-from proxy.admin import AdminState, build_admin_app
+from proxy.admin import AdminState, ReloadResult, build_admin_app
 from proxy.pipeline import Pipeline
-from proxy.policy import Address, Policy, PolicyError, Problem
+from proxy.policy import Address, Policy, PolicyError, Problem, load_policy
 from proxy.runtime import Runtime
 
 log = logging.getLogger("egress.server")
@@ -24,10 +26,13 @@ def _bound_port(runner: web.BaseRunner) -> int:
 class Sidecar:
     """Start, serve, stop. `data_port` / `admin_port` are the bound ports (useful with port 0)."""
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, loader: Callable[[], Policy] | None = None) -> None:
         self.policy = policy
+        self._loader = loader or (lambda: load_policy(self.policy.source))
         self.runtime: Runtime | None = None
+        self.pipeline: Pipeline | None = None
         self.admin_state: AdminState | None = None
+        self._retiring: set[asyncio.Task[None]] = set()
         self._data_runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None
         self.data_port = 0
@@ -36,7 +41,8 @@ class Sidecar:
     async def start(self) -> None:
         policy = self.policy
         self.runtime = Runtime(policy)
-        self.admin_state = AdminState(self.runtime)
+        self.pipeline = Pipeline(self.runtime)
+        self.admin_state = AdminState(self.runtime, reload=self.reload)
         if not policy.admin.listen.is_loopback:
             log.warning("admin port bound to %s: it is reachable beyond this host", policy.admin.listen)
         self._admin_runner = web.AppRunner(build_admin_app(self.admin_state), access_log=None)
@@ -45,7 +51,7 @@ class Sidecar:
         self.admin_port = _bound_port(self._admin_runner)
         # A caller that hangs up cancels its request: the upstream call stops and its slot frees up
         # (nginx's default too), instead of waiting out the read timeout for nobody.
-        server = web.Server(Pipeline(self.runtime), access_log=None, handler_cancellation=True)
+        server = web.Server(self.pipeline, access_log=None, handler_cancellation=True)
         self._data_runner = web.ServerRunner(server, shutdown_timeout=policy.shutdown_grace)
         await self._data_runner.setup()
         await self._bind(self._data_runner, policy.listen, "listen")
@@ -68,6 +74,36 @@ class Sidecar:
             raise PolicyError([problem]) from None
         return site
 
+    async def reload(self) -> ReloadResult:
+        """Re-read the policy file. A bad file changes nothing: the running policy stays, every error is logged
+        and returned. A good one takes effect for the next request; breakers, pools, throttle clocks and the
+        cache carry over; what the new policy dropped is closed once in-flight requests had `shutdown_grace`."""
+        if self.runtime is None or self.pipeline is None or self.admin_state is None:
+            return ReloadResult(False, ["the sidecar is not running"], [])
+        try:
+            policy = self._loader()
+        except PolicyError as exc:
+            log.error("policy reload refused, the running policy stays:\n%s", exc)
+            self.runtime.metrics.reloads.labels("refused").inc()
+            return ReloadResult(False, [str(p) for p in exc.problems], [])
+        notes = _restart_only_changes(self.policy, policy)
+        for note in notes:
+            log.warning("policy reload: %s", note)
+        old, new = self.runtime, self.runtime.successor(policy)
+        self.runtime = self.pipeline.runtime = self.admin_state.runtime = new
+        self.policy = policy
+        task = asyncio.create_task(self._retire(old, new, policy.shutdown_grace))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+        new.metrics.reloads.labels("applied").inc()
+        log.info("policy reloaded from %s: %d upstreams", policy.source, len(policy.upstreams))
+        return ReloadResult(True, [], notes)
+
+    @staticmethod
+    async def _retire(old: Runtime, new: Runtime, grace: float) -> None:
+        await asyncio.sleep(grace)
+        await old.retire(new)
+
     async def stop(self) -> None:
         """Stop accepting, let in-flight requests finish within `shutdown_grace`, then close upstream pools."""
         if self.admin_state is not None:
@@ -78,19 +114,38 @@ class Sidecar:
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
             self._admin_runner = None
+        for task in list(self._retiring):
+            task.cancel()
         if self.runtime is not None:
             await self.runtime.close()
             self.runtime = None
 
 
+def _restart_only_changes(old: Policy, new: Policy) -> list[str]:
+    notes = []
+    if old.listen != new.listen:
+        notes.append(f"listen changed ({old.listen} -> {new.listen}): takes effect on restart")
+    if old.admin.listen != new.admin.listen:
+        notes.append(f"admin changed ({old.admin.listen} -> {new.admin.listen}): takes effect on restart")
+    return notes
+
+
 async def serve(policy: Policy) -> None:
-    """Run until SIGTERM / SIGINT, then stop gracefully."""
+    """Run until SIGTERM / SIGINT, then stop gracefully; SIGHUP reloads the policy."""
     sidecar = Sidecar(policy)
     await sidecar.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    reloads: set[asyncio.Task[ReloadResult]] = set()
+
+    def reload() -> None:
+        task = asyncio.ensure_future(sidecar.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     try:
         await stop.wait()
         log.info("stopping: no new connections, waiting up to %.0fs for in-flight requests", policy.shutdown_grace)
