@@ -15,9 +15,11 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The whole local stack: simulated upstreams, the sidecar on config/policy.local.yaml, the inbox backend.
 run: install
-	$(PY) -m proxy --policy $(POLICY)
+	$(PY) -m inbox_backend.stack
 
+# The sidecar alone, on the production policy (or POLICY=...).
 sidecar: install
 	$(PY) -m proxy --policy $(POLICY)
 

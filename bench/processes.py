@@ -21,12 +21,20 @@ from pathlib import Path
 from types import TracebackType
 
 LOOPBACK = "127.0.0.1"  # every listener and every request of the benchmark stays on this address
+REPO_ROOT = Path(__file__).resolve().parent.parent  # children run here, so `-m bench.x` / `-m proxy` resolve
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports (bound all at once so they differ), released for a child to bind."""
+    with contextlib.ExitStack() as held:
+        socks = [held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in socks:
+            sock.bind((LOOPBACK, 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)[0]
 
 
 def pinned(argv: Sequence[str], core: int | None) -> list[str]:
@@ -57,12 +65,12 @@ class Processes:
     ) -> None:
         self.close()
 
-    def start(self, name: str, argv: Sequence[str], core: int | None) -> subprocess.Popen[bytes]:
+    def start(self, name: str, argv: Sequence[str], core: int | None, cwd: Path = REPO_ROOT) -> subprocess.Popen[bytes]:
         """Start `argv` in a new session (its own process group); output goes to `<logdir>/<name>.log`."""
         with open(self.log_path(name), "wb") as log:
             proc = subprocess.Popen(
                 pinned(argv, core), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=True, cwd=cwd,
             )
         self._running.append((name, proc))
         return proc
@@ -92,19 +100,28 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 5.0) -> None:
 
 
 def wait_http(url: str, proc: subprocess.Popen[bytes], what: str, logs: Processes, timeout: float = 20.0) -> None:
-    """Poll `url` until it answers with any HTTP status; fail early (with its log) if `proc` exits."""
+    """Poll `url` until it answers with any HTTP status; fail (with its log) if `proc` exits, also just after
+    the first answer: a child that lost its port to another process must not pass for ready."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{logs.log_tail(what)}")
+        _alive(proc, what, logs)
         try:
             with urllib.request.urlopen(url, timeout=1.0):
-                return
+                pass
         except urllib.error.HTTPError:
-            return
+            pass
         except (urllib.error.URLError, OSError):
             time.sleep(0.05)
+            continue
+        time.sleep(0.2)
+        _alive(proc, what, logs)
+        return
     raise RuntimeError(f"{what} did not answer {url} within {timeout:.0f}s:\n{logs.log_tail(what)}")
+
+
+def _alive(proc: subprocess.Popen[bytes], what: str, logs: Processes) -> None:
+    if proc.poll() is not None:
+        raise RuntimeError(f"{what} exited with {proc.returncode}:\n{logs.log_tail(what)}")
 
 
 def status_kib(pid: int, field: str) -> int:

@@ -1,0 +1,14 @@
+"""The WhatsApp inbox backend: the egress sidecar's first user.
+
+    app                   wiring: middlewares, routes, the state's life cycle
+    settings              environment variables -> a frozen Settings
+    state                 the one object the app owns (session, metrics, background tasks)
+    middleware            request id, access log + metrics, the error body
+    webhook, routes, ops  HTTP handlers (WhatsApp, the user API, health/metrics/breakers)
+    inputs                what callers send: bodies, ids, the bearer user
+    conversations, bot    what the inbox does: store inbound, send outbound, reply
+    egress, errors        every outbound call, and how its failures become API errors
+    database, auth, gemini, whatsapp   the upstream APIs
+    webhook_payload       signatures, parsing and building WhatsApp webhooks
+    stack, send_webhook   `make run` and its curl-able helper
+"""

@@ -148,6 +148,7 @@ async def test_sse_stream_chunks_arrive_one_by_one(sim: Simulator, http: aiohttp
     assert "finishReason" not in events[0]["candidates"][0]
     # chunks are flushed individually: the first one long before the stream ends
     assert arrivals[-1] - arrivals[0] >= 0.05 * (len(events) - 1) * 0.8
+    assert ended - arrivals[0] >= 0.05 * (len(events) - 1) * 0.8
     assert all(b >= a for a, b in itertools.pairwise(arrivals))
     assert sim.state.request_count("gemini", "stream") == 1
 

@@ -1,0 +1,192 @@
+"""The processes under test, on loopback ports: the upstream(s), the bare pass-through and the sidecar.
+
+Upstream: nginx serving static files when it is installed, else the aiohttp upstream (`bench/upstream.py`),
+which also always serves the 20 ms endpoint and the upload sink.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.processes import LOOPBACK, Processes, free_port, free_ports, wait_http
+
+SMALL = "small.json"
+LARGE = "1mb.bin"
+HUGE = "100mb.bin"
+HUGE_BYTES = 100 * 1024 * 1024
+
+# Upstream names in the sidecar's policy (and the pass-through's map).
+STATIC = "static"  # shipped-style policy in front of the static upstream
+AIO = "aio"  # the same policy in front of the aiohttp upstream (20 ms endpoint, sink)
+LEAN = "lean"  # static upstream, retries off (attempts: 1) and a breaker that never trips
+TRIPPED = "tripped"  # static upstream; the benchmark opens its breaker through the admin port
+
+
+@dataclass(frozen=True, slots=True)
+class Sidecar:
+    url: str
+    admin: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stack:
+    upstream_kind: str  # "nginx" or "aiohttp"
+    static: str  # base URL of the static-file upstream
+    aio: str  # base URL of the aiohttp upstream
+    passthrough: str
+    sidecar: Sidecar
+
+    def direct(self, upstream: str, path: str) -> str:
+        return f"{self.aio if upstream == AIO else self.static}/{path}"
+
+    def via_passthrough(self, upstream: str, path: str) -> str:
+        return f"{self.passthrough}/{upstream}/{path}"
+
+    def via_sidecar(self, upstream: str, path: str) -> str:
+        return f"{self.sidecar.url}/{upstream}/{path}"
+
+
+def write_files(root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    small = {"id": "wamid.HBgMMzQ2MDAwMDAwMDAwFQIAEhgUM0VCMEI2", "status": "delivered", "recipient": "34600000000",
+             "timestamp": 1732540800, "conversation": {"id": "c0ffee", "origin": {"type": "service"}},
+             "pricing": {"billable": False, "category": "service"}}
+    (root / SMALL).write_text(json.dumps(small))
+    block = os.urandom(1024 * 1024)
+    (root / LARGE).write_bytes(block)
+    with open(root / HUGE, "wb") as huge:
+        for _ in range(HUGE_BYTES // len(block)):
+            huge.write(block)
+
+
+def nginx_conf(tmp: Path, root: Path, port: int) -> str:
+    temp = tmp / "nginx-temp"
+    return f"""
+daemon off;
+master_process off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {temp}/body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    types {{ application/json json; application/octet-stream bin; }}
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 75s;
+    keepalive_requests 100000000;
+    server {{
+        listen {LOOPBACK}:{port};
+        root {root};
+        location / {{ }}
+    }}
+}}
+"""
+
+
+def start_nginx(procs: Processes, tmp: Path, root: Path, core: int | None) -> str | None:
+    nginx = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
+    if nginx is None:
+        return None
+    port = free_port()
+    (tmp / "nginx-temp").mkdir(exist_ok=True)
+    conf = tmp / "nginx.conf"
+    conf.write_text(nginx_conf(tmp, root, port))
+    proc = procs.start("nginx", [nginx, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "nginx-error.log")], core)
+    base = f"http://{LOOPBACK}:{port}"
+    wait_http(f"{base}/{SMALL}", proc, "nginx", procs)
+    return base
+
+
+def start_aio_upstream(procs: Processes, root: Path, core: int | None) -> str:
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.upstream", "--port", str(port), "--root", str(root)]
+    proc = procs.start("upstream", argv, core)
+    base = f"http://{LOOPBACK}:{port}"
+    wait_http(f"{base}/{SMALL}", proc, "upstream", procs)
+    return base
+
+
+def start_passthrough(procs: Processes, upstreams: dict[str, str], core: int | None) -> str:
+    port = free_port()
+    argv = [sys.executable, "-m", "bench.passthrough", "--port", str(port), *(f"{k}={v}" for k, v in upstreams.items())]
+    proc = procs.start("passthrough", argv, core)
+    base = f"http://{LOOPBACK}:{port}"
+    wait_http(f"{base}/{STATIC}/{SMALL}", proc, "passthrough", procs)
+    return base
+
+
+def sidecar_policy(port: int, admin: int, static: str, aio: str) -> str:
+    """config/policy.yaml's defaults (timeouts, retry, budget, breaker), bulkheads sized for 32+ connections,
+    and routes in front of the catch-all like a shipped upstream has."""
+
+    def upstream(name: str, url: str, extra: str = "") -> str:
+        return f"""
+  {name}:
+    url: {url}
+    timeouts: {{read: 10s}}{extra}
+    routes:
+      - {{name: send, match: POST /v1/*/messages}}
+      - {{name: item, match: GET /v1/*}}
+      - {{name: files, match: ANY /**}}"""
+
+    lean = "\n    retry: {attempts: 1}\n    breaker: {failures: 1000000000}"
+    return f"""# generated by bench/overhead.py
+listen: {LOOPBACK}:{port}
+admin: {{listen: "{LOOPBACK}:{admin}"}}
+shutdown_grace: 1s
+defaults:
+  timeouts: {{connect: 3s, read: 10s, write: 5s, pool: 5s, total: 30s}}
+  retry:
+    attempts: 3
+    backoff: {{base: 100ms, max: 2s}}
+    on: [connect_error, reset, timeout, 502, 503, 504]
+    budget: {{ratio: 0.2, min_per_second: 5}}
+    max_body: 1MiB
+  breaker: {{failures: 5, reset_after: 30s, count: [connect_error, timeout, 5xx]}}
+  limits: {{max_concurrent: 256, max_queue: 256}}
+upstreams:{upstream(STATIC, static)}{upstream(AIO, aio)}{upstream(LEAN, static, lean)}{upstream(TRIPPED, static)}
+"""
+
+
+def start_sidecar(procs: Processes, tmp: Path, name: str, static: str, aio: str, core: int | None) -> Sidecar:
+    port, admin = free_ports(2)
+    policy = tmp / f"{name}-policy.yaml"
+    policy.write_text(sidecar_policy(port, admin, static, aio))
+    proc = procs.start(name, [sys.executable, "-m", "proxy", "--policy", str(policy)], core)
+    sidecar = Sidecar(f"http://{LOOPBACK}:{port}", f"http://{LOOPBACK}:{admin}", proc.pid)
+    wait_http(f"{sidecar.admin}/ready", proc, name, procs)
+    return sidecar
+
+
+def build_stack(
+    procs: Processes, tmp: Path, core: int | None, upstream_core: int | None, use_nginx: bool = True
+) -> Stack:
+    root = tmp / "www"
+    write_files(root)
+    aio = start_aio_upstream(procs, root, upstream_core)
+    nginx = start_nginx(procs, tmp, root, upstream_core) if use_nginx else None
+    static = nginx or aio
+    passthrough = start_passthrough(procs, {STATIC: static, AIO: aio}, core)
+    sidecar = start_sidecar(procs, tmp, "sidecar", static, aio, core)
+    return Stack("nginx" if nginx else "aiohttp", static, aio, passthrough, sidecar)
+
+
+def admin_post(sidecar: Sidecar, path: str) -> dict[str, object]:
+    request = urllib.request.Request(f"{sidecar.admin}{path}", method="POST", data=b"")
+    with urllib.request.urlopen(request, timeout=5) as response:
+        result: dict[str, object] = json.load(response)
+        return result

@@ -1,0 +1,35 @@
+"""`python -m inbox_backend`: serve the inbox backend (settings from the environment, see settings.py)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from aiohttp import web
+
+from inbox_backend.app import create_app
+from inbox_backend.settings import Settings, SettingsError, parse_listen
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m inbox_backend", description="WhatsApp inbox backend")
+    parser.add_argument("--listen", help="HOST:PORT, overrides INBOX_LISTEN (default 127.0.0.1:8000)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = Settings.from_env()
+        host, port = parse_listen(args.listen) if args.listen else (settings.host, settings.port)
+    except SettingsError as exc:
+        print(f"inbox backend: {exc}", file=sys.stderr)
+        return 2
+    egress = "direct to the upstreams" if settings.direct else f"through the sidecar ({settings.sidecar_admin_url})"
+    print(f"inbox backend on http://{host}:{port}, egress {egress}", flush=True)
+    # run_app stops gracefully on SIGINT and SIGTERM: in-flight requests finish, then cleanup runs.
+    web.run_app(create_app(settings), host=host, port=port, print=None, access_log=None, shutdown_timeout=5)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

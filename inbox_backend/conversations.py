@@ -1,0 +1,78 @@
+"""Storing what comes in and sending what goes out: the two writes every path of the inbox shares."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from inbox_backend.database import Database, Row
+from inbox_backend.errors import ApiError
+from inbox_backend.webhook_payload import Inbound
+from inbox_backend.whatsapp import WhatsApp
+
+log = logging.getLogger("inbox.conversations")
+
+
+@dataclass(frozen=True)
+class Stored:
+    account: Row
+    conversation: Row
+    message: Row | None  # None: a redelivery of a message already stored
+
+
+async def store_inbound(db: Database, inbound: Inbound) -> Stored | None:
+    """Store one inbound message (once per WhatsApp id). None when no account has that phone number."""
+    account = await db.account_by_phone(inbound.phone_number_id)
+    if account is None:
+        return None
+    contact = await db.upsert_contact(account["id"], inbound.wa_id, inbound.contact_name)
+    conversation = await db.open_conversation(account["id"], contact["id"])
+    message = await db.insert_inbound(
+        {
+            "conversation_id": conversation["id"],
+            "account_id": account["id"],
+            "direction": "in",
+            "body": inbound.text,
+            "wa_message_id": inbound.message_id,
+            "media_id": inbound.media_id,
+            "created_at": inbound.created_at(),
+            "status": "received",
+        }
+    )
+    return Stored(account, conversation, message)
+
+
+async def send_text(
+    db: Database, whatsapp: WhatsApp, account: Row, contact: Row, conversation_id: int, text: str
+) -> Row:
+    """Record the message, send it, then record its WhatsApp id.
+
+    Recorded first so that nothing is ever sent that the inbox does not show. A send that fails marks
+    the row `failed`; WhatsApp may still have delivered it when the failure came after the request
+    left (a reset or timeout): the sidecar never retries those, so it was delivered at most once.
+    """
+    row = await db.insert_message(
+        {
+            "conversation_id": conversation_id,
+            "account_id": account["id"],
+            "direction": "out",
+            "body": text,
+            "status": "sending",
+        }
+    )
+    try:
+        wa_message_id = await whatsapp.send_text(account["phone_number_id"], contact["wa_id"], text)
+    except ApiError:
+        await _record(db, row, {"status": "failed"})
+        raise
+    return await _record(db, row, {"wa_message_id": wa_message_id, "status": "sent"})
+
+
+async def _record(db: Database, row: Row, changes: dict[str, Any]) -> Row:
+    """Best effort: the send already happened (or failed), the caller must hear about that, not this."""
+    try:
+        return await db.update_message(row["id"], changes)
+    except ApiError as exc:
+        log.error("message %s: could not record %s: %s %s", row["id"], changes, exc.code, exc.detail)
+        return {**row, **changes}

@@ -1,0 +1,94 @@
+"""The backend's API errors, and how a failed upstream call becomes one.
+
+A failed call is either the sidecar's own answer (it sets `X-Egress-Error`), an upstream's error
+status passed through, or (direct mode, or the sidecar unreachable) an aiohttp exception. All three
+land here, so the mapping is one table:
+
+    sidecar upstream_timeout / our timeout        504 external_api_timeout (database_timeout for data calls)
+    circuit_open, overloaded, throttled,
+      shutting_down, upstream_connect_error,
+      can't connect (direct or to the sidecar)    503 <upstream>_unavailable (+ Retry-After passed on)
+    upstream_reset, connection lost, upstream 5xx 502 external_api_unavailable
+    upstream 429                                  503 <upstream>_unavailable (+ Retry-After)
+    upstream 401/403 on the user-token check      401 unauthorized
+    other upstream 4xx                            400 external_api_error
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from enum import Enum
+
+import aiohttp
+
+from inbox_backend.settings import Upstream
+
+EGRESS_ERROR = "X-Egress-Error"
+RETRY_AFTER = "Retry-After"
+# The sidecar's fast refusals: it did not (or could not) reach the upstream, so "unavailable".
+UNAVAILABLE_REASONS = frozenset(
+    {"circuit_open", "overloaded", "throttled", "shutting_down", "upstream_connect_error"}
+)
+
+
+class Purpose(Enum):
+    """Why a call is made: decides the few mappings that differ (database timeout, login check)."""
+
+    API = "api"  # Gemini, WhatsApp
+    DATA = "data"  # Supabase PostgREST
+    AUTH = "auth"  # Supabase GoTrue: checking the caller's own token
+
+
+class ApiError(Exception):
+    """An error answer of the backend: `{"error": code, "request_id": ...}` with `status`."""
+
+    def __init__(self, status: int, code: str, *, headers: Mapping[str, str] | None = None, detail: str = "") -> None:
+        super().__init__(detail or code)
+        self.status = status
+        self.code = code
+        self.headers = dict(headers or {})
+        self.detail = detail
+
+
+def unavailable(upstream: Upstream, retry_after: str | None, detail: str) -> ApiError:
+    headers = {RETRY_AFTER: retry_after} if retry_after else None
+    return ApiError(503, f"{upstream}_unavailable", headers=headers, detail=detail)
+
+
+def timeout(purpose: Purpose, detail: str) -> ApiError:
+    code = "database_timeout" if purpose is Purpose.DATA else "external_api_timeout"
+    return ApiError(504, code, detail=detail)
+
+
+def from_response(upstream: Upstream, purpose: Purpose, status: int, headers: Mapping[str, str]) -> ApiError:
+    """A non-2xx answer, from the sidecar itself or passed through from the upstream."""
+    reason = headers.get(EGRESS_ERROR)
+    retry_after = headers.get(RETRY_AFTER)
+    if reason is not None:
+        detail = f"sidecar: {reason} ({status})"
+        if reason == "upstream_timeout":
+            return timeout(purpose, detail)
+        if reason in UNAVAILABLE_REASONS or status == 503:
+            return unavailable(upstream, retry_after, detail)
+        # upstream_reset, and the sidecar refusing our request (no_route, bad_request, body_too_large):
+        # the call could not be made; nothing the backend's caller can fix.
+        return ApiError(502, "external_api_unavailable", detail=detail)
+    detail = f"{upstream} answered {status}"
+    if status >= 500:
+        return ApiError(502, "external_api_unavailable", detail=detail)
+    if status == 429:
+        return unavailable(upstream, retry_after, detail)
+    if purpose is Purpose.AUTH and status in (401, 403):
+        return ApiError(401, "unauthorized", detail=detail)
+    return ApiError(400, "external_api_error", detail=detail)
+
+
+def from_exception(upstream: Upstream, purpose: Purpose, exc: BaseException) -> ApiError:
+    """No answer at all: our own timeout, or the connection to the sidecar / upstream failed."""
+    detail = f"{upstream}: {type(exc).__name__}: {exc}"
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return timeout(purpose, detail)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return unavailable(upstream, None, detail)
+    return ApiError(502, "external_api_unavailable", detail=detail)

@@ -1,0 +1,60 @@
+"""Reading what a caller sent: the JSON body, ids in paths and queries, and who the caller is."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import web
+
+from inbox_backend.auth import User, bearer_token, fetch_user
+from inbox_backend.errors import ApiError
+from inbox_backend.state import clients
+
+
+def invalid(detail: str) -> ApiError:
+    return ApiError(400, "invalid_request", detail=detail)
+
+
+async def json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        data = json.loads(await request.read() or b"null")
+    except ValueError:
+        raise ApiError(400, "invalid_json", detail="the body is not JSON") from None
+    if not isinstance(data, dict):
+        raise invalid("the body must be a JSON object")
+    return data
+
+
+def positive_int(value: Any, name: str) -> int:
+    """An id from JSON (an integer) or from a path or query (digits)."""
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise invalid(f"{name} must be a positive integer")
+    return value
+
+
+def path_id(request: web.Request, name: str = "id") -> int:
+    return positive_int(request.match_info[name], name)
+
+
+def query_id(query: Mapping[str, str], name: str) -> int:
+    if name not in query:
+        raise invalid(f"the query parameter {name} is required")
+    return positive_int(query[name], name)
+
+
+def text_field(data: Mapping[str, Any], name: str, max_length: int = 4096) -> str:
+    """WhatsApp's text body limit is 4096 characters."""
+    value = data.get(name)
+    if not isinstance(value, str) or not value.strip() or len(value) > max_length:
+        raise invalid(f"{name} must be a non-empty string of at most {max_length} characters")
+    return value
+
+
+async def current_user(request: web.Request) -> User:
+    """The caller, checked with Supabase auth (401 without a valid bearer token)."""
+    token = bearer_token(request.headers)
+    return await fetch_user(clients(request).caller, token)

@@ -1,0 +1,138 @@
+"""Backend configuration: environment variables with local defaults, read once into a frozen object.
+
+The defaults run the backend against `make run`'s local stack (sidecar on 8081 in front of the
+simulator); production sets the URLs and secrets through the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+EgressMode = Literal["sidecar", "direct"]
+
+
+class Upstream(StrEnum):
+    """The upstreams the backend calls; the values are the sidecar's upstream names (its first path segment)."""
+
+    GEMINI = "gemini"
+    WHATSAPP = "whatsapp"
+    WHATSAPP_MEDIA = "whatsapp_media"
+    SUPABASE = "supabase"
+
+
+SIDECAR = "http://127.0.0.1:8081"
+# Where each upstream really is: used by the backend only in direct mode, and by the sidecar's policy
+# (same variable names) in sidecar mode.
+REAL_URLS: Mapping[Upstream, tuple[str, str]] = {
+    Upstream.GEMINI: ("GEMINI_URL", "https://generativelanguage.googleapis.com"),
+    Upstream.WHATSAPP: ("WHATSAPP_URL", "https://graph.facebook.com"),
+    Upstream.WHATSAPP_MEDIA: ("WHATSAPP_MEDIA_URL", "https://lookaside.fbsbx.com"),
+    Upstream.SUPABASE: ("SUPABASE_URL", "https://example.supabase.co"),
+}
+SIDECAR_URL_VARS: Mapping[Upstream, str] = {
+    Upstream.GEMINI: "GEMINI_BASE_URL",
+    Upstream.WHATSAPP: "WHATSAPP_BASE_URL",
+    Upstream.WHATSAPP_MEDIA: "WHATSAPP_MEDIA_BASE_URL",
+    Upstream.SUPABASE: "SUPABASE_BASE_URL",
+}
+
+
+class SettingsError(ValueError):
+    """A bad environment value, named so the operator knows which variable to fix."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    egress_mode: EgressMode = "sidecar"
+    # Base URL of each upstream through the sidecar, and the real one (direct mode), by upstream name.
+    sidecar_urls: tuple[tuple[Upstream, str], ...] = tuple((u, f"{SIDECAR}/{u}") for u in Upstream)
+    direct_urls: tuple[tuple[Upstream, str], ...] = tuple((u, url) for u, (_, url) in REAL_URLS.items())
+    sidecar_admin_url: str = "http://127.0.0.1:9901"
+    whatsapp_verify_token: str = "sim-verify-token"
+    whatsapp_app_secret: str = "sim-app-secret"
+    whatsapp_token: str = "sim-whatsapp-token"
+    graph_version: str = "v19.0"
+    supabase_key: str = "sim-service-key"
+    # Sent by the backend only in direct mode: through the sidecar, the policy injects it.
+    gemini_api_key: str = "sim-gemini-key"
+    gemini_model: str = "gemini-2.0-flash"
+    # Direct mode has no sidecar to enforce timeouts: plain ones, per call.
+    direct_timeout: float = 30.0
+    direct_connect_timeout: float = 5.0
+    # Through the sidecar, only a backstop for a sidecar that stops answering: longer than any policy
+    # deadline, so the sidecar's own timeout (with its precise error) always fires first.
+    sidecar_backstop_timeout: float = 150.0
+    history_limit: int = 20
+
+    @property
+    def direct(self) -> bool:
+        return self.egress_mode == "direct"
+
+    def base_url(self, upstream: Upstream) -> str:
+        """Where calls to `upstream` go in the current mode."""
+        return dict(self.direct_urls if self.direct else self.sidecar_urls)[upstream]
+
+    def sidecar_url(self, upstream: Upstream) -> str:
+        return dict(self.sidecar_urls)[upstream]
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        defaults = cls()
+        host, port = parse_listen(env.get("INBOX_LISTEN", f"{defaults.host}:{defaults.port}"))
+        mode = env.get("EGRESS_MODE", defaults.egress_mode).strip().lower()
+        if mode not in ("sidecar", "direct"):
+            raise SettingsError(f"EGRESS_MODE must be 'sidecar' or 'direct', not {mode!r}")
+        return cls(
+            host=host,
+            port=port,
+            egress_mode="direct" if mode == "direct" else "sidecar",
+            sidecar_urls=tuple(
+                (u, _url(env, var, dict(defaults.sidecar_urls)[u])) for u, var in SIDECAR_URL_VARS.items()
+            ),
+            direct_urls=tuple((u, _url(env, var, default)) for u, (var, default) in REAL_URLS.items()),
+            sidecar_admin_url=_url(env, "SIDECAR_ADMIN_URL", defaults.sidecar_admin_url),
+            whatsapp_verify_token=env.get("WHATSAPP_VERIFY_TOKEN", defaults.whatsapp_verify_token),
+            whatsapp_app_secret=env.get("WHATSAPP_APP_SECRET", defaults.whatsapp_app_secret),
+            whatsapp_token=env.get("WHATSAPP_TOKEN", defaults.whatsapp_token),
+            graph_version=env.get("WHATSAPP_GRAPH_VERSION", defaults.graph_version),
+            supabase_key=env.get("SUPABASE_KEY", defaults.supabase_key),
+            gemini_api_key=env.get("GEMINI_API_KEY", defaults.gemini_api_key),
+            gemini_model=env.get("GEMINI_MODEL", defaults.gemini_model),
+            direct_timeout=_seconds(env, "DIRECT_TIMEOUT", defaults.direct_timeout),
+            direct_connect_timeout=_seconds(env, "DIRECT_CONNECT_TIMEOUT", defaults.direct_connect_timeout),
+            sidecar_backstop_timeout=_seconds(env, "SIDECAR_BACKSTOP_TIMEOUT", defaults.sidecar_backstop_timeout),
+        )
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise SettingsError(f"INBOX_LISTEN must be HOST:PORT, like 127.0.0.1:8000, not {value!r}")
+    return host.strip("[]"), int(port)
+
+
+def _url(env: Mapping[str, str], name: str, default: str) -> str:
+    value = env.get(name, "").strip() or default
+    if not value.startswith(("http://", "https://")):
+        raise SettingsError(f"{name} must be an http(s) URL, not {value!r}")
+    return value.rstrip("/")
+
+
+def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, not {raw!r}") from None
+    if value <= 0:
+        raise SettingsError(f"{name} must be positive, not {raw!r}")
+    return value

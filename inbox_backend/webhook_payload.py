@@ -1,0 +1,161 @@
+"""WhatsApp Cloud API webhook payloads: the signature, parsing inbound messages, and building test ones.
+
+Shape (https://developers.facebook.com/docs/whatsapp/cloud-api/webhooks/payload-examples):
+`{"object": "whatsapp_business_account", "entry": [{"id", "changes": [{"field": "messages", "value":
+{"messaging_product", "metadata": {"display_phone_number", "phone_number_id"}, "contacts": [{"profile":
+{"name"}, "wa_id"}], "messages": [{"from", "id", "timestamp", "type", "text": {"body"}}]}}]}]}`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+SIGNATURE_HEADER = "X-Hub-Signature-256"
+MEDIA_TYPES = ("image", "audio", "video", "document", "sticker")
+
+
+def signature(body: bytes, app_secret: str) -> str:
+    """The `X-Hub-Signature-256` value Meta sends: HMAC-SHA256 of the raw body with the app secret."""
+    return "sha256=" + hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def signature_valid(body: bytes, header: str | None, app_secret: str) -> bool:
+    return header is not None and hmac.compare_digest(header.strip().lower(), signature(body, app_secret))
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """One inbound message, as the inbox stores it."""
+
+    phone_number_id: str
+    wa_id: str
+    contact_name: str | None
+    message_id: str
+    timestamp: int
+    type: str
+    text: str | None
+    media_id: str | None
+
+    def created_at(self) -> str:
+        return datetime.fromtimestamp(self.timestamp, UTC).isoformat()
+
+
+def parse_webhook(payload: Any) -> list[Inbound]:
+    """Inbound messages of a webhook call; status updates and unknown fields are skipped."""
+    found: list[Inbound] = []
+    for entry in _dicts(payload.get("entry") if isinstance(payload, dict) else None):
+        for change in _dicts(entry.get("changes")):
+            value = change.get("value")
+            if change.get("field") == "messages" and isinstance(value, dict):
+                found.extend(_messages(value))
+    return found
+
+
+def _messages(value: dict[str, Any]) -> list[Inbound]:
+    phone_number_id = str((value.get("metadata") or {}).get("phone_number_id") or "")
+    names = {
+        str(c.get("wa_id")): (c.get("profile") or {}).get("name") for c in _dicts(value.get("contacts"))
+    }
+    found = []
+    for message in _dicts(value.get("messages")):
+        kind = str(message.get("type") or "")
+        sender, message_id = message.get("from"), message.get("id")
+        if not phone_number_id or not isinstance(sender, str) or not isinstance(message_id, str):
+            continue
+        text, media_id = _content(kind, message)
+        found.append(
+            Inbound(
+                phone_number_id=phone_number_id,
+                wa_id=sender,
+                contact_name=names.get(sender),
+                message_id=message_id,
+                timestamp=_int(message.get("timestamp")),
+                type=kind,
+                text=text,
+                media_id=media_id,
+            )
+        )
+    return found
+
+
+def _content(kind: str, message: dict[str, Any]) -> tuple[str | None, str | None]:
+    body = message.get(kind)
+    if not isinstance(body, dict):
+        return None, None
+    if kind == "text":
+        return _str(body.get("body")), None
+    if kind in MEDIA_TYPES:
+        return _str(body.get("caption")), _str(body.get("id"))
+    return None, None
+
+
+def _dicts(value: Any) -> list[dict[str, Any]]:
+    return [v for v in value if isinstance(v, dict)] if isinstance(value, list) else []
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return int(time.time())
+
+
+# -- building payloads (the `send_webhook` helper and the tests) ------------------------------------
+def message_webhook(
+    message: dict[str, Any],
+    *,
+    wa_id: str,
+    phone_number_id: str,
+    name: str = "Alice",
+    display_phone_number: str = "15550009999",
+) -> dict[str, Any]:
+    """A webhook call carrying one inbound message (`message` holds its type-specific fields)."""
+    return {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "102290129340398",
+                "changes": [
+                    {
+                        "field": "messages",
+                        "value": {
+                            "messaging_product": "whatsapp",
+                            "metadata": {
+                                "display_phone_number": display_phone_number,
+                                "phone_number_id": phone_number_id,
+                            },
+                            "contacts": [{"profile": {"name": name}, "wa_id": wa_id}],
+                            "messages": [
+                                {"from": wa_id, "id": new_message_id(), "timestamp": str(int(time.time())), **message}
+                            ],
+                        },
+                    }
+                ],
+            }
+        ],
+    }
+
+
+def text_message(text: str, message_id: str | None = None) -> dict[str, Any]:
+    return {"type": "text", "text": {"body": text}, **({"id": message_id} if message_id else {})}
+
+
+def media_message(media_id: str, kind: str = "image", caption: str | None = None) -> dict[str, Any]:
+    media: dict[str, Any] = {"id": media_id, "mime_type": "image/jpeg"}
+    if caption:
+        media["caption"] = caption
+    return {"type": kind, kind: media}
+
+
+def new_message_id() -> str:
+    return "wamid.HBgL" + secrets.token_hex(12).upper()

@@ -1,0 +1,94 @@
+"""Configuration that ships: the local policy, the backend's settings, and the deploy files."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+import pytest
+import yaml
+
+from inbox_backend.settings import Settings, SettingsError, Upstream
+from proxy.policy import load_policy
+from proxy.policy.render import effective_policy
+from tests.backend.harness import LOCAL_POLICY, PRODUCTION_POLICY, ROOT
+
+DEPLOY = ROOT / "deploy"
+
+
+def without_urls(policy: dict[str, Any]) -> dict[str, Any]:
+    upstreams = {name: {k: v for k, v in u.items() if k != "url"} for name, u in policy["upstreams"].items()}
+    return {**{k: v for k, v in policy.items() if k != "source"}, "upstreams": upstreams}
+
+
+def test_the_local_policy_is_the_production_policy_with_other_upstream_urls() -> None:
+    environ = {"GEMINI_API_KEY": "k", "EGRESS_ADMIN_TOKEN": "t"}
+    production = effective_policy(load_policy(PRODUCTION_POLICY, environ))
+    local = effective_policy(load_policy(LOCAL_POLICY, environ))
+    assert without_urls(local) == without_urls(production)
+    assert {n: u["url"] for n, u in local["upstreams"].items()} == {
+        "gemini": "http://127.0.0.1:9101",
+        "whatsapp": "http://127.0.0.1:9102",
+        "whatsapp_media": "http://127.0.0.1:9103",
+        "supabase": "http://127.0.0.1:9104",
+    }
+    # and textually: only `url:` lines (and comments) differ
+    diff = difflib.ndiff(PRODUCTION_POLICY.read_text().splitlines(), LOCAL_POLICY.read_text().splitlines())
+    changed = [line[2:].strip() for line in diff if line.startswith(("- ", "+ "))]
+    assert changed and all(line.startswith(("url:", "#")) for line in changed), changed
+
+
+def test_settings_default_to_the_local_sidecar_and_read_the_environment() -> None:
+    default = Settings.from_env({})
+    assert (default.host, default.port, default.egress_mode) == ("127.0.0.1", 8000, "sidecar")
+    assert default.base_url(Upstream.GEMINI) == "http://127.0.0.1:8081/gemini"
+    assert default.base_url(Upstream.WHATSAPP_MEDIA) == "http://127.0.0.1:8081/whatsapp_media"
+    direct = Settings.from_env({"EGRESS_MODE": "direct", "INBOX_LISTEN": "0.0.0.0:9000",
+                                "SUPABASE_URL": "https://abc.supabase.co/", "DIRECT_TIMEOUT": "2.5"})
+    assert (direct.host, direct.port, direct.direct_timeout) == ("0.0.0.0", 9000, 2.5)
+    assert direct.base_url(Upstream.SUPABASE) == "https://abc.supabase.co"
+    assert direct.base_url(Upstream.GEMINI) == "https://generativelanguage.googleapis.com"
+    assert direct.sidecar_url(Upstream.GEMINI) == "http://127.0.0.1:8081/gemini"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("EGRESS_MODE", "bypass"), ("INBOX_LISTEN", "8000"), ("GEMINI_BASE_URL", "127.0.0.1:8081"),
+     ("DIRECT_TIMEOUT", "soon"), ("DIRECT_TIMEOUT", "0")],
+)
+def test_bad_settings_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        Settings.from_env({name: value})
+
+
+def load_all(name: str) -> list[Any]:
+    return [doc for doc in yaml.safe_load_all((DEPLOY / name).read_text()) if doc is not None]
+
+
+def test_compose_runs_the_sidecar_in_the_backends_network_namespace() -> None:
+    [compose] = load_all("compose.yaml")
+    services = compose["services"]
+    assert set(services) == {"backend", "sidecar", "simulator", "redis"}
+    assert services["sidecar"]["network_mode"] == "service:backend"
+    assert services["sidecar"]["command"][:3] == ["python", "-m", "proxy"]
+    assert services["backend"]["command"] == ["python", "-m", "inbox_backend"]
+
+
+def test_the_k8s_pod_runs_backend_and_sidecar_with_probes_and_the_policy_configmap() -> None:
+    [deployment, service] = load_all("k8s/deployment.yaml")
+    assert (deployment["kind"], service["kind"]) == ("Deployment", "Service")
+    backend, sidecar = deployment["spec"]["template"]["spec"]["containers"]
+    assert backend["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert sidecar["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert sidecar["livenessProbe"]["httpGet"]["path"] == "/health"
+    assert sidecar["volumeMounts"][0]["mountPath"] == "/etc/egress"
+    [configmap] = load_all("k8s/configmap.yaml")
+    assert configmap["metadata"]["name"] == deployment["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"]
+    assert configmap["data"]["policy.yaml"] == PRODUCTION_POLICY.read_text()
+
+
+def test_the_image_is_python_3_11_slim_installed_with_pip_and_not_root() -> None:
+    lines = [line.strip() for line in (DEPLOY / "Dockerfile").read_text().splitlines()]
+    assert "FROM python:3.11-slim" in lines
+    assert any(line.startswith("RUN pip install .") for line in lines)
+    assert any(line.startswith("USER ") and line != "USER root" for line in lines)
