@@ -182,7 +182,7 @@ async def test_a_redis_that_dies_costs_only_the_cache_and_is_used_again_when_bac
     assert sum("Cache backend redis unavailable" in r.getMessage() for r in caplog.records) == 1
 
     own.start()  # an empty Redis on the same port: the cache fills again by itself
-    give_up = time.monotonic() + 5
+    give_up = time.monotonic() + 10
     while state(await call(client, url)) != "HIT":
         assert time.monotonic() < give_up, "the cache did not recover after Redis came back"
         await asyncio.sleep(0.1)
