@@ -8,14 +8,12 @@ import logging
 import time
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from multidict import CIMultiDictProxy
 
+from tests.proxy.test_cache import call, state
 from tests.support.upstream import FaultyUpstream, SilentListener, delay, numbered, respond
 
-Reply = tuple[int, CIMultiDictProxy[str], bytes]
 SECRETS = {"Authorization": "Bearer sekrit-jwt-value", "apikey": "sekrit-api-key", "X-Tenant": "sekrit-tenant"}
 
 
@@ -37,17 +35,6 @@ def policy(
             match: GET /rest/v1/accounts
             cache: {{ttl: 5m, invalidate_on_write: true}}
     """
-
-
-async def call(
-    client: aiohttp.ClientSession, url: str, method: str = "GET", headers: dict[str, str] | None = None
-) -> Reply:
-    async with client.request(method, url, headers=headers) as resp:
-        return resp.status, resp.headers, await resp.read()
-
-
-def state(reply: Reply) -> str | None:
-    return reply[1].get("X-Egress-Cache")
 
 
 @pytest.fixture

@@ -12,29 +12,21 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from proxy.policy import parse_policy
+from proxy.policy import Policy, parse_policy
 from proxy.server import Sidecar
-from tests.support.sidecar import policy_text
+from tests.support.sidecar import RunningSidecar, policy_text
 from tests.support.upstream import FaultyUpstream, echo, free_port, respond
 
 
-class Reloadable:
+class Reloadable(RunningSidecar):
     """A sidecar whose policy file is a string the test rewrites."""
 
     def __init__(self, text: str) -> None:
         self.text = text
-        self.sidecar = Sidecar(self.load(), loader=self.load)
+        super().__init__(Sidecar(self.load(), loader=self.load))
 
-    def load(self):  # type: ignore[no-untyped-def]
+    def load(self) -> Policy:
         return parse_policy(policy_text(self.text), "reload.yaml", {})
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.sidecar.data_port}"
-
-    @property
-    def admin(self) -> str:
-        return f"http://127.0.0.1:{self.sidecar.admin_port}"
 
 
 @pytest.fixture
