@@ -41,6 +41,7 @@ class Sidecar:
     async def start(self) -> None:
         policy = self.policy
         self.runtime = Runtime(policy)
+        await self.runtime.cache.warm_up()  # a Redis that is down is not fatal: requests go on uncached
         self.pipeline = Pipeline(self.runtime)
         self.admin_state = AdminState(self.runtime, reload=self.reload)
         if not policy.admin.listen.is_loopback:
@@ -90,6 +91,8 @@ class Sidecar:
         for note in notes:
             log.warning("policy reload: %s", note)
         old, new = self.runtime, self.runtime.successor(policy)
+        if new.cache is not old.cache:
+            await new.cache.warm_up()
         self.runtime = self.pipeline.runtime = self.admin_state.runtime = new
         self.policy = policy
         task = asyncio.create_task(self._retire(old, new, policy.shutdown_grace))

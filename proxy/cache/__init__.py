@@ -106,6 +106,9 @@ class ResponseCache:
     def max_body(self) -> int:
         return self.settings.max_body
 
+    async def warm_up(self) -> bool:
+        return await self.storage.warm_up()
+
     async def close(self) -> None:
         await self.storage.close()
 

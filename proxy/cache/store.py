@@ -29,6 +29,7 @@ log = logging.getLogger("egress.cache")
 T = TypeVar("T")
 REST_AFTER_FAILURE = 1.0
 WARN_EVERY = 30.0
+WARM_UP_TIMEOUT = 1.0
 
 
 class BytesSerializer(NullSerializer):  # type: ignore[misc]  # aiocache ships no type hints
@@ -67,6 +68,13 @@ class Store:
     async def incr(self, key: str) -> int | None:
         value = await self._guarded("increment", lambda: self.backend.increment(key))
         return int(value) if value is not None else None
+
+    async def warm_up(self) -> bool:
+        """Open a connection before the first request needs one: a cold dial (TCP, AUTH, CLIENT SETINFO) can
+        take longer than `op_timeout`, and the first request would then rest the cache for a second."""
+        if self.name != "redis":
+            return True
+        return bool(await self._guarded("ping", lambda: self.backend.raw("ping", timeout=WARM_UP_TIMEOUT)))
 
     async def close(self) -> None:
         await self._guarded("close", lambda: self.backend.close())

@@ -495,7 +495,7 @@ CACHE_KEYS = ("backend", "redis_url", "max_entries", "max_bytes", "max_body", "o
 def _redis_url(node: Located) -> str:
     raw = node.text().strip()
     url = URL(raw)
-    if url.scheme not in ("redis", "rediss", "unix") or not (url.host or url.path):
+    if url.scheme not in ("redis", "rediss") or not url.host:
         raise Invalid(f"expected a redis URL like 'redis://127.0.0.1:6379/0', got {raw!r}")
     return raw
 
