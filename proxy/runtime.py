@@ -19,6 +19,7 @@ from proxy.metrics import Metrics
 from proxy.policy import Policy, Route, Upstream
 from proxy.routing import Router
 from proxy.throttle import ThrottleClock
+from proxy.window import SlidingCounts
 
 log = logging.getLogger("egress.breaker")
 
@@ -80,21 +81,22 @@ class UpstreamState:
             else:
                 self.breakers[route.breaker_name] = Breaker(route.breaker_name, route.breaker, listener)
                 metrics.breaker_state.labels(route.breaker_name).set(0)
-        self._recent: list[tuple[float, bool]] = previous._recent if previous is not None else []
+        # Attempts and failures over the last minute, for /upstreams.
+        self._recent: SlidingCounts = (
+            previous._recent if previous is not None else SlidingCounts(("attempts", "failures"), 60)
+        )
 
     def breaker_for(self, route: Route) -> Breaker:
         return self.breakers[route.breaker_name]
 
     def note_attempt(self, failed: bool) -> None:
-        now = time.monotonic()
-        self._recent.append((now, failed))
-        if len(self._recent) > 1000 or (self._recent and self._recent[0][0] < now - 60):
-            self._recent = [r for r in self._recent[-1000:] if r[0] >= now - 60]
+        self._recent.add("attempts")
+        if failed:
+            self._recent.add("failures")
 
     def error_rate(self) -> float:
-        now = time.monotonic()
-        recent = [failed for when, failed in self._recent if when >= now - 60]
-        return round(sum(recent) / len(recent), 4) if recent else 0.0
+        attempts = self._recent.total("attempts")
+        return round(self._recent.total("failures") / attempts, 4) if attempts else 0.0
 
     def snapshot(self) -> dict[str, Any]:
         limits = self.upstream.limits
