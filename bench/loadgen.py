@@ -25,6 +25,7 @@ class Sample:
     requests: int
     errors: int  # socket errors and timeouts
     non_2xx: int  # wrk's "status" errors: responses with a status >= 400
+    cpu_us: float | None = None  # CPU time (user + system) the proxy under test spent per request
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -39,6 +40,7 @@ def median_sample(samples: list[Sample]) -> Sample:
         requests=round(median(s.requests for s in samples)),
         errors=max(s.errors for s in samples),
         non_2xx=max(s.non_2xx for s in samples),
+        cpu_us=median(cpus) if (cpus := [s.cpu_us for s in samples if s.cpu_us is not None]) else None,
     )
 
 

@@ -10,8 +10,10 @@ sidecar on core 1. The client never steals cycles from what it measures, and the
 their core with the upstream alike (nginx is cheap next to Python). `--upstream-on client` moves the
 upstreams to core 0 instead, giving the proxy under test a core of its own.
 
-Each measurement is a 1 s wrk warm-up then a `--seconds` run; runs are interleaved across a scenario's
-targets and the per-metric median of `--runs` is reported. All traffic is on 127.0.0.1. Results also go to
+The sidecar runs as shipped (`--log-level info`: one access-log line per request, written to a file in the
+temporary directory). Each measurement is a 1 s wrk warm-up then a `--seconds` run; runs are interleaved
+across a scenario's targets and the per-metric median of `--runs` is reported, with the CPU time (user +
+system, from /proc) the proxy under test spent per request. All traffic is on 127.0.0.1. Results also go to
 bench/results/overhead-<timestamp>.json. Scenarios are the `SCENARIOS` list: add one (a cache hit, say)
 by appending a `Scenario` and, if it has a target, a `Check`.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -37,7 +40,7 @@ from typing import Any
 
 from bench.loadgen import Sample, median_sample, require_wrk, wrk
 from bench.memory import stream_check
-from bench.processes import Processes, core_layout
+from bench.processes import REPO_ROOT, Processes, core_layout, cpu_seconds
 from bench.stack import AIO, LARGE, LEAN, SMALL, STATIC, TRIPPED, Stack, admin_post, build_stack, start_sidecar
 
 RESULTS_DIR = Path(__file__).with_name("results")
@@ -54,6 +57,7 @@ HEALTHY, OPEN = "sidecar, healthy", "sidecar, breaker open"
 class Target:
     label: str
     url: str
+    pid: int | None = None  # the proxy whose CPU time per request is reported (none for direct)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,19 +74,21 @@ def three_ways(upstream: str, path: str) -> Callable[[Stack], list[Target]]:
     def targets(stack: Stack) -> list[Target]:
         return [
             Target(DIRECT, stack.direct(upstream, path)),
-            Target(PASSTHROUGH, stack.via_passthrough(upstream, path)),
-            Target(SIDECAR, stack.via_sidecar(upstream, path)),
+            Target(PASSTHROUGH, stack.via_passthrough(upstream, path), stack.passthrough_pid),
+            Target(SIDECAR, stack.via_sidecar(upstream, path), stack.sidecar.pid),
         ]
 
     return targets
 
 
-def resilience_targets(stack: Stack) -> list[Target]:
-    return [Target(RESILIENT, stack.via_sidecar(STATIC, SMALL)), Target(LEAN_LABEL, stack.via_sidecar(LEAN, SMALL))]
+def sidecar_pair(first: tuple[str, str], second: tuple[str, str]) -> Callable[[Stack], list[Target]]:
+    """Two (label, sidecar upstream) targets getting the small JSON file through the same sidecar."""
 
+    def targets(stack: Stack) -> list[Target]:
+        pid = stack.sidecar.pid
+        return [Target(label, stack.via_sidecar(upstream, SMALL), pid) for label, upstream in (first, second)]
 
-def breaker_targets(stack: Stack) -> list[Target]:
-    return [Target(HEALTHY, stack.via_sidecar(STATIC, SMALL)), Target(OPEN, stack.via_sidecar(TRIPPED, SMALL))]
+    return targets
 
 
 def open_breaker(stack: Stack) -> None:
@@ -102,8 +108,10 @@ SCENARIOS: list[Scenario] = [
     Scenario("large", "1 MB body GET, 32 conns", 32, three_ways(STATIC, LARGE)),
     Scenario("single", "small JSON GET, 1 conn", 1, three_ways(STATIC, SMALL)),
     Scenario("slow", "20 ms upstream, 32 conns", 32, three_ways(AIO, "slow")),
-    Scenario("resilience", "retries+breaker on vs off", 32, resilience_targets, reference="small"),
-    Scenario("breaker", "open breaker vs healthy", 32, breaker_targets, reference="small", prepare=open_breaker),
+    Scenario("resilience", "retries+breaker on vs off", 32, sidecar_pair((RESILIENT, STATIC), (LEAN_LABEL, LEAN)),
+             reference="small"),
+    Scenario("breaker", "open breaker vs healthy", 32, sidecar_pair((HEALTHY, STATIC), (OPEN, TRIPPED)),
+             reference="small", prepare=open_breaker),
     # A cache hit goes here: Scenario("cache_hit", "cached GET (hit), 32 conns", 32, cache_targets,
     # reference="small", prepare=prime_cache), with a `cache: {ttl: ...}` route in stack.sidecar_policy.
 ]
@@ -161,14 +169,25 @@ def measure(scenario: Scenario, stack: Stack, opts: Options, results: Results) -
     for run in range(1, opts.runs + 1):
         for target in targets:  # interleaved, so drift over time hits every target alike
             wrk(target.url, scenario.connections, WARMUP_SECONDS, opts.client_core)
-            sample = wrk(target.url, scenario.connections, opts.seconds, opts.client_core)
+            sample = measured_run(target, scenario.connections, opts)
             runs[target.label].append(sample)
             log(f"  [{scenario.key}] {target.label} run {run}/{opts.runs}: {describe(sample)}")
 
 
+def measured_run(target: Target, connections: int, opts: Options) -> Sample:
+    """One wrk run, plus the CPU time the proxy under test spent per request during it."""
+    if target.pid is None:
+        return wrk(target.url, connections, opts.seconds, opts.client_core)
+    before = cpu_seconds(target.pid)
+    sample = wrk(target.url, connections, opts.seconds, opts.client_core)
+    spent = cpu_seconds(target.pid) - before
+    return dataclasses.replace(sample, cpu_us=spent * 1e6 / sample.requests if sample.requests else None)
+
+
 def describe(sample: Sample) -> str:
     errors = f"  errors {sample.errors} non-2xx {sample.non_2xx}" if sample.errors or sample.non_2xx else ""
-    return f"{sample.rps:,.0f} req/s  p50 {sample.p50_ms:.3f} ms  p99 {sample.p99_ms:.3f} ms{errors}"
+    cpu = f"  cpu {sample.cpu_us:.0f} us/req" if sample.cpu_us is not None else ""
+    return f"{sample.rps:,.0f} req/s  p50 {sample.p50_ms:.3f} ms  p99 {sample.p99_ms:.3f} ms{cpu}{errors}"
 
 
 def run_memory_check(procs: Processes, tmp: Path, stack: Stack, opts: Options) -> dict[str, Any]:
@@ -242,12 +261,12 @@ def _ratio_text(value: Sample, base: Sample | None) -> str:
 def _value_text(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
-    return f"{value:+.3f} ms" if unit == "ms" else f"{value:.1f} MiB" if unit == "MiB" else f"{value:.2f}x"
+    return f"{value:+.3f} ms" if unit == "ms" else f"{value:.1f} MiB" if unit == "MiB" else f"{value:.3f}x"
 
 
 def table(results: Results, verdicts: list[dict[str, Any]]) -> str:
     head = f"{'scenario':<28} {'target':<24} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'x direct':>8} " \
-           f"{'x pass':>7} {'errors':>7}"
+           f"{'x pass':>7} {'cpu us/req':>10} {'errors':>7}"
     lines = [head, "-" * len(head)]
     titles = {s.key: s for s in SCENARIOS}
     for key, runs in results.runs.items():
@@ -257,8 +276,9 @@ def table(results: Results, verdicts: list[dict[str, Any]]) -> str:
             m = results.median(key, label)
             assert m is not None
             errors = f"{m.errors + m.non_2xx}" if m.errors or m.non_2xx else "0"
+            cpu = f"{m.cpu_us:.0f}" if m.cpu_us is not None else "-"
             lines.append(f"{titles[key].title:<28} {label:<24} {m.rps:>9,.0f} {m.p50_ms:>8.3f} {m.p99_ms:>8.3f} "
-                         f"{_ratio_text(m, direct):>8} {_ratio_text(m, passthrough):>7} {errors:>7}")
+                         f"{_ratio_text(m, direct):>8} {_ratio_text(m, passthrough):>7} {cpu:>10} {errors:>7}")
     if results.memory:
         lines += ["", f"100 MB streams through a fresh sidecar (far end paced at {results.memory['rate_mib_s']:.0f} "
                       f"MiB/s, RSS sampled every 50 ms; VmHWM at the end {results.memory['vm_hwm_mib']:.1f} MiB):"]
@@ -271,12 +291,14 @@ def table(results: Results, verdicts: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _version(argv: list[str]) -> str:
+def _first_line(argv: list[str]) -> str:
+    """The first line a command prints (stdout or stderr), or "" when it cannot run."""
     try:
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=5, check=False)
-    except OSError:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=5, check=False, cwd=REPO_ROOT)
+    except (OSError, subprocess.TimeoutExpired):
         return ""
-    return (done.stdout + done.stderr).strip().splitlines()[0] if (done.stdout + done.stderr).strip() else ""
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    return lines[0] if lines else ""
 
 
 def write_json(results: Results, verdicts: list[dict[str, Any]], stack: Stack, opts: Options) -> Path:
@@ -295,12 +317,14 @@ def write_json(results: Results, verdicts: list[dict[str, Any]], stack: Stack, o
     document = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "environment": {
-            "cpus": sorted(os.sched_getaffinity(0)), "client_core": opts.client_core,
+            "cpus": os.cpu_count(), "client_core": opts.client_core,
             "server_core": opts.server_core, "upstream_core": opts.upstream_core,
             "upstream": stack.upstream_kind, "python": sys.version.split()[0],
             "loadavg_at_end": Path("/proc/loadavg").read_text().split()[:3],
-            "wrk": _version(["wrk", "-v"]),
-            "nginx": _version(["nginx", "-v"]) if stack.upstream_kind == "nginx" else "",
+            "wrk": _first_line(["wrk", "-v"]),
+            "nginx": _first_line(["nginx", "-v"]) if stack.upstream_kind == "nginx" else "",
+            "commit": _first_line(["git", "rev-parse", "HEAD"]),
+            "proxy_changed_since_commit": bool(_first_line(["git", "status", "--porcelain", "proxy"])),
         },
         "options": {"runs": opts.runs, "seconds": opts.seconds, "warmup_seconds": WARMUP_SECONDS},
         "scenarios": scenarios,

@@ -124,6 +124,13 @@ def _alive(proc: subprocess.Popen[bytes], what: str, logs: Processes) -> None:
         raise RuntimeError(f"{what} exited with {proc.returncode}:\n{logs.log_tail(what)}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time the process has used so far (from /proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def status_kib(pid: int, field: str) -> int:
     """A `/proc/<pid>/status` size field (VmRSS, VmHWM) in KiB."""
     with open(f"/proc/{pid}/status") as status:

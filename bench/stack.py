@@ -41,6 +41,7 @@ class Stack:
     static: str  # base URL of the static-file upstream
     aio: str  # base URL of the aiohttp upstream
     passthrough: str
+    passthrough_pid: int
     sidecar: Sidecar
 
     def direct(self, upstream: str, path: str) -> str:
@@ -120,13 +121,13 @@ def start_aio_upstream(procs: Processes, root: Path, core: int | None) -> str:
     return base
 
 
-def start_passthrough(procs: Processes, upstreams: dict[str, str], core: int | None) -> str:
+def start_passthrough(procs: Processes, upstreams: dict[str, str], core: int | None) -> tuple[str, int]:
     port = free_port()
     argv = [sys.executable, "-m", "bench.passthrough", "--port", str(port), *(f"{k}={v}" for k, v in upstreams.items())]
     proc = procs.start("passthrough", argv, core)
     base = f"http://{LOOPBACK}:{port}"
     wait_http(f"{base}/{STATIC}/{SMALL}", proc, "passthrough", procs)
-    return base
+    return base, proc.pid
 
 
 def sidecar_policy(port: int, admin: int, static: str, aio: str) -> str:
@@ -180,9 +181,9 @@ def build_stack(
     aio = start_aio_upstream(procs, root, upstream_core)
     nginx = start_nginx(procs, tmp, root, upstream_core) if use_nginx else None
     static = nginx or aio
-    passthrough = start_passthrough(procs, {STATIC: static, AIO: aio}, core)
+    passthrough, passthrough_pid = start_passthrough(procs, {STATIC: static, AIO: aio}, core)
     sidecar = start_sidecar(procs, tmp, "sidecar", static, aio, core)
-    return Stack("nginx" if nginx else "aiohttp", static, aio, passthrough, sidecar)
+    return Stack("nginx" if nginx else "aiohttp", static, aio, passthrough, passthrough_pid, sidecar)
 
 
 def admin_post(sidecar: Sidecar, path: str) -> dict[str, object]:
