@@ -87,18 +87,25 @@ class Breaker:
     def retry_at(self) -> float | None:
         return None if self.opened_at is None or self.state != "open" else self.opened_at + self.policy.reset_after
 
+    def check_open(self, upstream: str) -> None:
+        """Raise `CircuitOpen` while open and not yet due for a trial; no side effects. The pipeline asks
+        this first, so a refused request costs no deadline, bulkhead slot or body read."""
+        if self.forced_open:
+            raise CircuitOpen(
+                f"breaker {self.name} was opened by an operator", upstream=upstream, retry_after=self.policy.reset_after
+            )
+        if self.state == pybreaker.STATE_OPEN:
+            wait = self.retry_in()
+            if wait > 0:
+                raise CircuitOpen(f"breaker {self.name} is open", upstream=upstream, retry_after=wait)
+
     # -- the two calls the retry loop makes ----------------------------------------------------------
 
     def admit(self, upstream: str) -> Trial:
         """Before an attempt: raise `CircuitOpen` (no upstream contact) or grant the attempt."""
+        self.check_open(upstream)
         state = self.state
-        if self.forced_open:
-            raise CircuitOpen(f"breaker {self.name} was opened by an operator", upstream=upstream,
-                              retry_after=self.policy.reset_after)
-        if state == pybreaker.STATE_OPEN:
-            wait = self.retry_in()
-            if wait > 0:
-                raise CircuitOpen(f"breaker {self.name} is open", upstream=upstream, retry_after=wait)
+        if state == pybreaker.STATE_OPEN:  # open, and reset_after has passed: this request is the trial
             self._cb.half_open()
             state = pybreaker.STATE_HALF_OPEN
         if state == pybreaker.STATE_HALF_OPEN:
@@ -122,6 +129,8 @@ class Breaker:
         self.outcomes[failure or "success"] += 1
         if not trial.is_trial and self.state != pybreaker.STATE_CLOSED:
             return  # a late answer from before the breaker opened says nothing about now
+        if failure is None and not trial.is_trial and self._cb.fail_counter == 0:
+            return  # the common case: healthy and staying so; nothing for the state machine to do
         with contextlib.suppress(CountedFailure, pybreaker.CircuitBreakerError):
             if failure is None:
                 self._cb.call(_succeed)

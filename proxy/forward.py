@@ -13,16 +13,19 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.deadline import Deadline
 from proxy.errors import BadRequest, BodyTooLarge, EgressError, UpstreamConnectError, UpstreamReset, UpstreamTimeout
+from proxy.headers import REQUEST_ID, end_to_end
 from proxy.policy import Timeouts, Upstream
 
 # Headers aiohttp would otherwise invent; a transparent proxy sends only what the caller sent.
 SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 STREAM_CHUNK = 64 * 1024
+# Sidecar controls are for the sidecar: they are not forwarded upstream.
+SIDECAR_REQUEST_HEADERS = frozenset({"host", "x-egress-timeout"})
 
 
 def open_session(upstream: Upstream) -> aiohttp.ClientSession:
@@ -45,19 +48,22 @@ class WriteWatchdog:
     """The `write` timeout: armed while a body chunk is being handed to the upstream, paused otherwise.
 
     Waiting on the *caller* for more body is not the upstream's fault, so the clock is paused then.
+    Only streamed bodies need it: a buffered one is written in one go, within the request's deadline.
     """
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
+        self.fired = False
         self._timer: asyncio.Timeout | None = None
 
     @contextlib.asynccontextmanager
-    async def watching(self) -> AsyncIterator[asyncio.Timeout]:
+    async def watching(self) -> AsyncIterator[None]:
         async with asyncio.timeout(None) as timer:
             self._timer = timer
             try:
-                yield timer
+                yield
             finally:
+                self.fired = timer.expired()
                 self._timer = None
 
     def arm(self) -> None:
@@ -182,6 +188,23 @@ class Forwarder:
         self.upstream = upstream
         self.session = session
         self._base = str(upstream.url).rstrip("/")
+        self._dropped = SIDECAR_REQUEST_HEADERS | {name.lower() for name, _ in upstream.headers}
+        self._client_timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
+
+    def headers_for(self, incoming: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
+        """The caller's end-to-end headers, the policy's injected ones winning, and the request id."""
+        headers = end_to_end(incoming, self._dropped)
+        headers.extend(self.upstream.headers)
+        headers[REQUEST_ID] = request_id
+        return headers
+
+    def _client_timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
+        found = self._client_timeouts.get(timeouts)
+        if found is None:
+            found = self._client_timeouts[timeouts] = aiohttp.ClientTimeout(
+                total=None, connect=None, sock_connect=timeouts.connect, sock_read=timeouts.read
+            )
+        return found
 
     def url_for(self, path: str, query: str) -> URL:
         return URL(self._base + path + ("?" + query if query else ""), encoded=True)
@@ -192,24 +215,30 @@ class Forwarder:
         if remaining <= 0:
             raise UpstreamTimeout("total", deadline.budget, upstream=self.upstream.name, sent=False)
         watchdog = WriteWatchdog(timeouts.write)
-        total = asyncio.timeout(remaining)
+        payload = out.body.payload(watchdog)
         try:
-            async with total, watchdog.watching() as write_timer:
-                return await self.session.request(
-                    out.method,
-                    out.url,
-                    headers=out.headers,
-                    data=out.body.payload(watchdog),
-                    allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(
-                        total=None, connect=None, sock_connect=timeouts.connect, sock_read=timeouts.read
-                    ),
-                )
+            async with asyncio.timeout(remaining):
+                if isinstance(payload, bytes) or payload is None:
+                    return await self._request(out, payload, timeouts)
+                async with watchdog.watching():
+                    return await self._request(out, payload, timeouts)
         except TimeoutError as exc:
             if isinstance(exc, aiohttp.ServerTimeoutError):
                 raise classify(exc, self.upstream.name, timeouts) from exc
-            if write_timer.expired():
+            if watchdog.fired:
                 raise UpstreamTimeout("write", timeouts.write, upstream=self.upstream.name) from exc
             raise UpstreamTimeout("total", deadline.budget, upstream=self.upstream.name) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise classify(exc, self.upstream.name, timeouts) from exc
+
+    def _request(
+        self, out: Outgoing, payload: bytes | AsyncIterator[bytes] | None, timeouts: Timeouts
+    ) -> aiohttp.client._RequestContextManager:
+        return self.session.request(
+            out.method,
+            out.url,
+            headers=out.headers,
+            data=payload,
+            allow_redirects=False,
+            timeout=self._client_timeout(timeouts),
+        )

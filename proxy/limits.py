@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-from collections.abc import AsyncIterator
 
 from proxy.errors import Overloaded, UpstreamTimeout
 from proxy.policy import Limits
@@ -26,13 +25,8 @@ class Bulkhead:
     def queued(self) -> int:
         return len(self._waiters)
 
-    @contextlib.asynccontextmanager
-    async def slot(self, pool_timeout: float) -> AsyncIterator[None]:
-        await self._acquire(pool_timeout)
-        try:
-            yield
-        finally:
-            self._release()
+    def slot(self, pool_timeout: float) -> Slot:
+        return Slot(self, pool_timeout)
 
     async def _acquire(self, pool_timeout: float) -> None:
         if self.inflight < self.limits.max_concurrent and not self._waiters:
@@ -65,3 +59,19 @@ class Bulkhead:
                 waiter.set_result(None)
                 return
         self.inflight -= 1
+
+
+class Slot:
+    """`async with bulkhead.slot(pool):` a plain class rather than @asynccontextmanager: it is on every request."""
+
+    __slots__ = ("_bulkhead", "_pool_timeout")
+
+    def __init__(self, bulkhead: Bulkhead, pool_timeout: float) -> None:
+        self._bulkhead = bulkhead
+        self._pool_timeout = pool_timeout
+
+    async def __aenter__(self) -> None:
+        await self._bulkhead._acquire(self._pool_timeout)
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._bulkhead._release()

@@ -4,6 +4,8 @@ and the tests can live in one process. Label values are bounded: upstream and ro
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 # 5 ms .. 60 s: from a cache hit to the slowest media download the policy allows.
@@ -67,5 +69,33 @@ class Metrics:
         self.cache_entries = Gauge("egress_cache_entries", "Entries in the memory cache", registry=r)
         self.cache_bytes = Gauge("egress_cache_bytes", "Body bytes held by the memory cache", registry=r)
 
+        self._routes: dict[tuple[str, str], RouteMetrics] = {}
+
+    def route(self, upstream: str, route: str) -> RouteMetrics:
+        """The per-request series of one route, looked up once (a `.labels()` call costs a lock and a hash)."""
+        key = (upstream, route)
+        found = self._routes.get(key)
+        if found is None:
+            found = self._routes[key] = RouteMetrics(self, upstream, route)
+        return found
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class RouteMetrics:
+    def __init__(self, metrics: Metrics, upstream: str, route: str) -> None:
+        self._metrics = metrics
+        self._upstream = upstream
+        self._route = route
+        self.duration = metrics.duration.labels(upstream, route) if upstream else None
+        self._requests: dict[tuple[str, str], Any] = {}
+
+    def answered(self, method: str, code: str, seconds: float) -> None:
+        key = (method, code)
+        counter = self._requests.get(key)
+        if counter is None:
+            counter = self._requests[key] = self._metrics.requests.labels(self._upstream, self._route, method, code)
+        counter.inc()
+        if self.duration is not None:
+            self.duration.observe(seconds)

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
 
 from proxy.breaker import Trial
 from proxy.cache import CACHE_HEADER, Entry, Lookup, ReadPlan, WritePlan
@@ -34,7 +33,7 @@ from proxy.cache.capture import read_capped
 from proxy.deadline import CALLER_TIMEOUT_HEADER, Deadline
 from proxy.errors import BadRequest, EgressError, Unavailable, UpstreamTimeout
 from proxy.forward import Outgoing, RequestBody, classify
-from proxy.headers import REQUEST_ID, end_to_end, request_id
+from proxy.headers import REQUEST_ID, request_id
 from proxy.logs import log_access, redact_target
 from proxy.metrics import method_label
 from proxy.policy import Route
@@ -44,8 +43,6 @@ from proxy.routing import Target
 from proxy.runtime import Runtime, UpstreamState
 
 ATTEMPTS_HEADER = "X-Egress-Attempts"
-# Sidecar controls are for the sidecar: they are not forwarded upstream.
-SIDECAR_REQUEST_HEADERS = ("host", "x-egress-timeout")
 
 
 @dataclass(slots=True)
@@ -190,8 +187,9 @@ class Pipeline:
     ) -> web.StreamResponse:
         assert ex.target is not None
         route = ex.target.route
+        state.breaker_for(route).check_open(state.upstream.name)  # an open breaker refuses before any work
         deadline = Deadline.start(route.timeouts.total, request.headers.get(CALLER_TIMEOUT_HEADER))
-        gauge = self.metrics.inflight.labels(state.upstream.name)
+        gauge = state.inflight
         gauge.inc()
         try:
             pool_wait = max(0.0, min(route.timeouts.pool, deadline.remaining()))
@@ -200,7 +198,7 @@ class Pipeline:
                 out = Outgoing(
                     request.method,
                     state.forwarder.url_for(ex.target.path, ex.target.query),
-                    self._upstream_headers(request, ex, state),
+                    state.forwarder.headers_for(request.headers, ex.request_id),
                     body,
                 )
                 loop = RetryLoop(self._retry_context(request, ex, state, deadline, body))
@@ -224,13 +222,6 @@ class Pipeline:
             return await RequestBody.read(request, replay_limit, state.upstream.limits.max_request_body)
         except (aiohttp.ClientPayloadError, ConnectionError, asyncio.IncompleteReadError) as exc:
             raise BadRequest(f"could not read the request body: {exc}", upstream=state.upstream.name) from exc
-
-    def _upstream_headers(self, request: web.BaseRequest, ex: Exchange, state: UpstreamState) -> CIMultiDict[str]:
-        injected = state.upstream.headers
-        headers = end_to_end(request.headers, also_drop=(*SIDECAR_REQUEST_HEADERS, *(k for k, _ in injected)))
-        headers.extend(injected)  # the policy's headers win over the caller's
-        headers[REQUEST_ID] = ex.request_id
-        return headers
 
     def _retry_context(
         self, request: web.BaseRequest, ex: Exchange, state: UpstreamState, deadline: Deadline, body: RequestBody
@@ -301,9 +292,7 @@ class Pipeline:
         upstream = ex.target.upstream.name if ex.target else ""
         route = ex.target.route.name if ex.target else ""
         status = 499 if ex.delivery.broken == "client_disconnected" else ex.status
-        self.metrics.requests.labels(upstream, route, method_label(ex.method), str(status)).inc()
-        if ex.target is not None:
-            self.metrics.duration.labels(upstream, route).observe(elapsed)
+        self.metrics.route(upstream, route).answered(method_label(ex.method), str(status), elapsed)
         path, _, query = request.raw_path.partition("?")
         log_access(
             {

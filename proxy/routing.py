@@ -30,6 +30,8 @@ def _split(raw_target: str) -> tuple[str, str]:
 
 def _escapes(path: str) -> bool:
     """A `.`/`..` segment, plain or percent-encoded (`%2e%2e`, `.%2E`), or a backslash trick."""
+    if "%" not in path and "\\" not in path:  # the common case, without decoding
+        return "/." in path and any(segment in (".", "..") for segment in path.split("/"))
     for segment in path.split("/"):
         # Decoded, a segment may hide more separators (`..%2F`, `%2e%2e%5c`): check every piece.
         if any(piece in (".", "..") for piece in re.split(r"[/\\]", unquote(segment))):

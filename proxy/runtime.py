@@ -57,6 +57,7 @@ class UpstreamState:
         previous: UpstreamState | None = None,
     ) -> None:
         self.upstream = upstream
+        self.inflight = metrics.inflight.labels(upstream.name)
         same_url = previous is not None and previous.upstream.url == upstream.url
         session = previous.forwarder.session if previous is not None and same_url else open_session(upstream)
         self.forwarder: Forwarder = Forwarder(upstream, session)

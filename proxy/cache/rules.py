@@ -17,7 +17,7 @@ from proxy.policy import RouteCache
 CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Recomputed or meaningless when replayed from the cache.
-NOT_STORED_HEADERS = ("age", "set-cookie")
+NOT_STORED_HEADERS = frozenset({"age", "set-cookie"})
 
 
 class Mode(Enum):
