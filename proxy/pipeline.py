@@ -239,9 +239,8 @@ class Pipeline:
             budget=state.budget,
             throttle=state.throttle,
             throttle_rules=state.upstream.throttle,
-            replayable=lambda: body.replayable,
-            on_retry=lambda reason: self.metrics.retries.labels(name, route.name, reason).inc(),
-            on_budget_exhausted=lambda: self.metrics.budget_exhausted.labels(name).inc(),
+            body=body,
+            metrics=self.metrics,
         )
 
     async def _attempt(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -21,6 +21,8 @@ from proxy.breaker import Breaker, Trial
 from proxy.budget import RetryBudgetWindow
 from proxy.deadline import Deadline
 from proxy.errors import EgressError, UpstreamReset
+from proxy.forward import RequestBody
+from proxy.metrics import Metrics
 from proxy.policy import IDEMPOTENT_METHODS, Route, ThrottleRule
 from proxy.throttle import RETRY_AFTER_STATUSES, ThrottleClock, needs_body, retry_after_seconds, throttle_delay
 
@@ -83,9 +85,8 @@ class RetryContext:
     budget: RetryBudgetWindow
     throttle: ThrottleClock
     throttle_rules: tuple[ThrottleRule, ...]
-    replayable: Callable[[], bool]
-    on_retry: Callable[[str], None]
-    on_budget_exhausted: Callable[[], None]
+    body: RequestBody
+    metrics: Metrics
     attempts: int = 0
 
 
@@ -104,9 +105,7 @@ def breaker_failure(outcome: Outcome, route: Route) -> str | None:
 class RetryLoop:
     def __init__(self, ctx: RetryContext) -> None:
         self.ctx = ctx
-        policy = ctx.route.retry
-        self._waits = backoff.expo(base=2, factor=policy.backoff.base, max_value=policy.backoff.max)
-        next(self._waits)  # backoff's generators are primed with one next()
+        self._waits: Iterator[float] | None = None  # made on the first retry: most requests never need one
 
     async def run(self, attempt: Callable[[Trial], Awaitable[Outcome]]) -> Outcome:
         """Attempts until one is final; returns the last answer or error (never raises EgressError)."""
@@ -137,7 +136,7 @@ class RetryLoop:
                 ctx.upstream, ctx.method, ctx.route.name, ctx.attempts + 1, ctx.route.retry.attempts,
                 round(verdict.wait * 1000), verdict.reason,
             )
-            ctx.on_retry(verdict.reason)
+            ctx.metrics.retries.labels(ctx.upstream, ctx.route.name, verdict.reason).inc()
             last = outcome
             try:
                 await asyncio.sleep(verdict.wait)
@@ -187,19 +186,26 @@ class RetryLoop:
                 return Verdict(False, str(status))
         return self._schedule(reason, retry_after)
 
+    def _next_backoff(self) -> float:
+        if self._waits is None:
+            backoff_policy = self.ctx.route.retry.backoff
+            self._waits = backoff.expo(base=2, factor=backoff_policy.base, max_value=backoff_policy.max)
+            next(self._waits)  # backoff's generators are primed with one next()
+        return float(next(self._waits))
+
     def _schedule(self, reason: str, retry_after: float | None) -> Verdict:
         ctx = self.ctx
         policy = ctx.route.retry
         if ctx.attempts >= policy.attempts:
             return Verdict(False, reason)
-        if not ctx.replayable():
+        if not ctx.body.replayable:
             return Verdict(False, reason, why_not="the request body was streamed (over retry.max_body)")
         if retry_after is not None and retry_after > policy.backoff.max:
             return Verdict(False, reason, why_not=f"the upstream asked for {retry_after:.1f}s, over backoff.max")
-        wait = max(backoff.full_jitter(next(self._waits)), retry_after or 0.0)
+        wait = max(backoff.full_jitter(self._next_backoff()), retry_after or 0.0)
         if wait >= ctx.deadline.remaining():
             return Verdict(False, reason, why_not="no time left before the deadline")
         if not ctx.budget.try_spend():
-            ctx.on_budget_exhausted()
+            ctx.metrics.budget_exhausted.labels(ctx.upstream).inc()
             return Verdict(False, reason, why_not="the retry budget is spent")
         return Verdict(True, reason, wait)
