@@ -1,0 +1,73 @@
+"""The shipped Prometheus and Grafana configuration only names metrics that the sidecar or the backend export,
+and parses (with promtool too, when it is installed)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+
+from inbox_backend.metrics import Metrics as BackendMetrics
+from proxy.metrics import Metrics as SidecarMetrics
+
+CONFIG = Path(__file__).resolve().parents[2] / "config"
+
+
+def exported_names() -> set[str]:
+    names: set[str] = {"up"}
+    registries: list[CollectorRegistry] = [SidecarMetrics().registry, BackendMetrics().registry]
+    for registry in registries:
+        for family in registry.collect():  # labelled families have no samples yet: derive the series names
+            names.add(family.name)
+            if family.type == "counter":
+                names.add(family.name + "_total")
+            elif family.type == "histogram":
+                names.update(family.name + suffix for suffix in ("_bucket", "_count", "_sum"))
+    return names
+
+
+def referenced_names(expr: str) -> set[str]:
+    without_strings = re.sub(r'"[^"]*"', '""', expr)
+    without_labels = re.sub(r"\{[^}]*\}", "", without_strings)
+    candidates = set(re.findall(r"\b([a-z_][a-z0-9_]*)\b", without_labels))
+    return {c for c in candidates if c.startswith(("egress_", "http_", "inbox_")) or c == "up"}
+
+
+def alert_expressions() -> list[str]:
+    rules = yaml.safe_load((CONFIG / "prometheus" / "alerts.yml").read_text())
+    return [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+
+
+def dashboard_expressions() -> list[str]:
+    dashboard = json.loads((CONFIG / "grafana" / "egress-sidecar.json").read_text())
+    return [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+
+
+@pytest.mark.parametrize("source", ["alerts", "dashboard"])
+def test_every_metric_named_is_exported(source: str) -> None:
+    exprs = alert_expressions() if source == "alerts" else dashboard_expressions()
+    assert exprs
+    exported = exported_names()
+    missing = {name for expr in exprs for name in referenced_names(expr)} - exported
+    assert not missing, f"{source} name metrics nobody exports: {sorted(missing)}"
+
+
+def test_prometheus_config_points_at_the_admin_port_and_the_backend() -> None:
+    config = yaml.safe_load((CONFIG / "prometheus" / "prometheus.yml").read_text())
+    targets = {t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
+    assert {"127.0.0.1:9901", "127.0.0.1:8000"} <= targets
+    assert config["rule_files"] == ["alerts.yml"]
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (apt-get install prometheus)")
+def test_promtool_accepts_the_config_and_rules() -> None:
+    for args in (["check", "config", str(CONFIG / "prometheus" / "prometheus.yml")],
+                 ["check", "rules", str(CONFIG / "prometheus" / "alerts.yml")]):
+        done = subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stdout + done.stderr
