@@ -26,13 +26,15 @@ class Sample:
     errors: int  # socket errors and timeouts
     non_2xx: int  # wrk's "status" errors: responses with a status >= 400
     cpu_us: float | None = None  # CPU time (user + system) the proxy under test spent per request
+    hit_rate: float | None = None  # cache HIT / all cache lookups on the route, from the sidecar's metrics
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def median_sample(samples: list[Sample]) -> Sample:
-    """Each metric's median over the runs (so p50 and rps may come from different runs)."""
+    """Each metric's median over the runs (so p50 and rps may come from different runs); errors and the hit
+    rate are the worst run's."""
     return Sample(
         rps=median(s.rps for s in samples),
         p50_ms=median(s.p50_ms for s in samples),
@@ -41,6 +43,7 @@ def median_sample(samples: list[Sample]) -> Sample:
         errors=max(s.errors for s in samples),
         non_2xx=max(s.non_2xx for s in samples),
         cpu_us=median(cpus) if (cpus := [s.cpu_us for s in samples if s.cpu_us is not None]) else None,
+        hit_rate=min(rates) if (rates := [s.hit_rate for s in samples if s.hit_rate is not None]) else None,
     )
 
 

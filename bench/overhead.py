@@ -5,23 +5,36 @@ Every scenario is measured three ways with wrk: `direct` to the upstream, throug
 with a shipped-style policy). The upstream is nginx serving static files (the aiohttp upstream,
 bench/upstream.py, when nginx is not installed), and the aiohttp upstream for the 20 ms scenario.
 
-Core layout (2 cores): wrk (one thread) and this script on core 0; the upstream, the pass-through and the
-sidecar on core 1. The client never steals cycles from what it measures, and the proxies pay for sharing
-their core with the upstream alike (nginx is cheap next to Python). `--upstream-on client` moves the
-upstreams to core 0 instead, giving the proxy under test a core of its own.
+The `cache` scenario measures, in one run, the sidecar forwarding the small JSON GET and answering it from
+its cache: in memory, and (a second sidecar with the same policy) in the Redis at `--redis-url`, under keys
+`bench-<pid>:*` that are deleted at the end (`--no-redis` leaves Redis out). Both caches are primed first
+(the second GET must be a HIT), and each run's hit rate is read from the sidecar's
+`egress_cache_requests_total` on its admin port before and after it. Identical concurrent reads share one
+lookup (single-flight): a Redis HIT waits on the network, so at 32 connections most requests ride along on
+another's MGET+GET, while a memory lookup never yields and each request does its own.
+
+Core layout (2 cores): the proxy under test (pass-through or sidecar) has core 1 to itself; wrk (one
+thread), this script and the upstreams (nginx and the aiohttp upstream) share core 0. In production the
+upstream is another host: on the proxy's core it would take cycles that then show up as the proxy's cost,
+and only on the targets that reach it (a forward, not a cache HIT nor an open breaker), skewing the ratios
+between them. wrk needs little CPU at the proxies' rates; the `direct` rows, where nginx and wrk share
+core 0, are a reference, not nginx's ceiling. `--upstream-on server` puts the upstreams on the proxies' core
+instead (wrk then has core 0 alone, and the proxies pay for sharing theirs with the upstream alike). Redis
+is the system's and is not pinned: its CPU time is not in the Redis sidecar's CPU per request.
 
 The sidecar runs as shipped (`--log-level info`: one access-log line per request, written to a file in the
 temporary directory). Each measurement is a 1 s wrk warm-up then a `--seconds` run; runs are interleaved
 across a scenario's targets and the per-metric median of `--runs` is reported, with the CPU time (user +
-system, from /proc) the proxy under test spent per request. All traffic is on 127.0.0.1. Results also go to
-bench/results/overhead-<timestamp>.json. Scenarios are the `SCENARIOS` list: add one (a cache hit, say)
-by appending a `Scenario` and, if it has a target, a `Check`.
+system, from /proc) the proxy under test spent per request (a hit rate is the lowest run's). All traffic
+is on 127.0.0.1. Results also go to bench/results/overhead-<timestamp>.json. Scenarios are the `SCENARIOS`
+list: add one by appending a `Scenario` and, if it has a target, a `Check` (no `passes`: reported only).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -38,16 +51,33 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench.cache import hit_rate, lookups, prime, redacted, redis_namespace
 from bench.loadgen import Sample, median_sample, require_wrk, wrk
 from bench.memory import stream_check
 from bench.processes import REPO_ROOT, Processes, core_layout, cpu_seconds
-from bench.stack import AIO, LARGE, LEAN, SMALL, STATIC, TRIPPED, Stack, admin_post, build_stack, start_sidecar
+from bench.stack import (
+    AIO,
+    CACHED,
+    LARGE,
+    LEAN,
+    SMALL,
+    STATIC,
+    TRIPPED,
+    RedisCache,
+    Sidecar,
+    Stack,
+    admin_post,
+    build_stack,
+    start_sidecar,
+)
 
 RESULTS_DIR = Path(__file__).with_name("results")
 WARMUP_SECONDS = 1.0
 DIRECT, PASSTHROUGH, SIDECAR = "direct", "passthrough", "sidecar"
 RESILIENT, LEAN_LABEL = "sidecar, retry+breaker", "sidecar, both off"
 HEALTHY, OPEN = "sidecar, healthy", "sidecar, breaker open"
+FORWARDED, MEMORY_HIT, REDIS_HIT = "sidecar, forwarded", "sidecar, memory HIT", "sidecar, Redis HIT"
+DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
 
 # -- scenarios -------------------------------------------------------------------------------------------
@@ -58,6 +88,7 @@ class Target:
     label: str
     url: str
     pid: int | None = None  # the proxy whose CPU time per request is reported (none for direct)
+    cache_of: Sidecar | None = None  # the sidecar whose cache hit rate on the `cached` route is reported
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +134,21 @@ def open_breaker(stack: Stack) -> None:
     raise RuntimeError("the breaker was opened on the admin port but the request went through")
 
 
+def cache_targets(stack: Stack) -> list[Target]:
+    """The small JSON GET forwarded, then answered from the memory cache and (if it runs) the Redis one."""
+    targets = [Target(FORWARDED, stack.via_sidecar(STATIC, SMALL), stack.sidecar.pid)]
+    for label, sidecar in ((MEMORY_HIT, stack.sidecar), (REDIS_HIT, stack.redis_sidecar)):
+        if sidecar is not None:
+            targets.append(Target(label, stack.via_sidecar(CACHED, SMALL, sidecar), sidecar.pid, sidecar))
+    return targets
+
+
+def prime_caches(stack: Stack) -> None:
+    for sidecar in (stack.sidecar, stack.redis_sidecar):
+        if sidecar is not None:
+            prime(stack.via_sidecar(CACHED, SMALL, sidecar))
+
+
 SCENARIOS: list[Scenario] = [
     Scenario("small", "small JSON GET, 32 conns", 32, three_ways(STATIC, SMALL)),
     Scenario("large", "1 MB body GET, 32 conns", 32, three_ways(STATIC, LARGE)),
@@ -112,8 +158,7 @@ SCENARIOS: list[Scenario] = [
              reference="small"),
     Scenario("breaker", "open breaker vs healthy", 32, sidecar_pair((HEALTHY, STATIC), (OPEN, TRIPPED)),
              reference="small", prepare=open_breaker),
-    # A cache hit goes here: Scenario("cache_hit", "cached GET (hit), 32 conns", 32, cache_targets,
-    # reference="small", prepare=prime_cache), with a `cache: {ttl: ...}` route in stack.sidecar_policy.
+    Scenario("cache", "cached GET, 32 conns", 32, cache_targets, reference="small", prepare=prime_caches),
 ]
 
 
@@ -130,6 +175,7 @@ class Options:
     only: frozenset[str]
     memory: bool
     nginx: bool
+    redis_url: str | None  # None: the cache scenario without its Redis-backed target
 
 
 @dataclass(slots=True)
@@ -137,6 +183,7 @@ class Results:
     runs: dict[str, dict[str, list[Sample]]] = field(default_factory=dict)
     urls: dict[str, dict[str, str]] = field(default_factory=dict)
     memory: dict[str, Any] | None = None
+    redis: RedisCache | None = None
 
     def median(self, key: str, label: str) -> Sample | None:
         samples = self.runs.get(key, {}).get(label)
@@ -145,6 +192,10 @@ class Results:
     def ratio(self, key: str, label: str, base_key: str, base_label: str) -> float | None:
         value, base = self.median(key, label), self.median(base_key, base_label)
         return value.rps / base.rps if value and base and base.rps else None
+
+    def hit_rate(self, key: str, label: str) -> float | None:
+        value = self.median(key, label)
+        return value.hit_rate if value else None
 
     def added_p50(self, key: str) -> float | None:
         value, base = self.median(key, SIDECAR), self.median(key, DIRECT)
@@ -175,19 +226,24 @@ def measure(scenario: Scenario, stack: Stack, opts: Options, results: Results) -
 
 
 def measured_run(target: Target, connections: int, opts: Options) -> Sample:
-    """One wrk run, plus the CPU time the proxy under test spent per request during it."""
-    if target.pid is None:
-        return wrk(target.url, connections, opts.seconds, opts.client_core)
-    before = cpu_seconds(target.pid)
+    """One wrk run, plus the CPU time the proxy under test spent per request and the cache hit rate during it
+    (the metrics are read outside the CPU time's window)."""
+    counts = lookups(target.cache_of) if target.cache_of is not None else None
+    cpu = cpu_seconds(target.pid) if target.pid is not None else None
     sample = wrk(target.url, connections, opts.seconds, opts.client_core)
-    spent = cpu_seconds(target.pid) - before
-    return dataclasses.replace(sample, cpu_us=spent * 1e6 / sample.requests if sample.requests else None)
+    if target.pid is not None and cpu is not None:
+        spent = cpu_seconds(target.pid) - cpu
+        sample = dataclasses.replace(sample, cpu_us=spent * 1e6 / sample.requests if sample.requests else None)
+    if target.cache_of is not None and counts is not None:
+        sample = dataclasses.replace(sample, hit_rate=hit_rate(counts, lookups(target.cache_of)))
+    return sample
 
 
 def describe(sample: Sample) -> str:
     errors = f"  errors {sample.errors} non-2xx {sample.non_2xx}" if sample.errors or sample.non_2xx else ""
     cpu = f"  cpu {sample.cpu_us:.0f} us/req" if sample.cpu_us is not None else ""
-    return f"{sample.rps:,.0f} req/s  p50 {sample.p50_ms:.3f} ms  p99 {sample.p99_ms:.3f} ms{cpu}{errors}"
+    hits = f"  hit rate {sample.hit_rate:.2%}" if sample.hit_rate is not None else ""
+    return f"{sample.rps:,.0f} req/s  p50 {sample.p50_ms:.3f} ms  p99 {sample.p99_ms:.3f} ms{cpu}{hits}{errors}"
 
 
 def run_memory_check(procs: Processes, tmp: Path, stack: Stack, opts: Options) -> dict[str, Any]:
@@ -197,18 +253,30 @@ def run_memory_check(procs: Processes, tmp: Path, stack: Stack, opts: Options) -
     return asyncio.run(stream_check(sidecar))
 
 
+def redis_for(opts: Options, scenarios: list[Scenario]) -> contextlib.AbstractContextManager[RedisCache | None]:
+    """A namespace on the Redis (emptied on the way out) when the cache scenario runs with Redis, else None."""
+    if opts.redis_url is None or not any(s.key == "cache" for s in scenarios):
+        return contextlib.nullcontext()
+    return redis_namespace(opts.redis_url)
+
+
 def run_all(opts: Options) -> tuple[Results, Stack]:
     results = Results()
-    with tempfile.TemporaryDirectory(prefix="egress-bench-") as tmp_name, Processes(Path(tmp_name)) as procs:
+    scenarios = [s for s in SCENARIOS if not opts.only or s.key in opts.only]
+    # Redis outermost: its keys are deleted once every sidecar that could still write them has stopped.
+    with (redis_for(opts, scenarios) as redis, tempfile.TemporaryDirectory(prefix="egress-bench-") as tmp_name,
+          Processes(Path(tmp_name)) as procs):
         tmp = Path(tmp_name)
-        stack = build_stack(procs, tmp, opts.server_core, opts.upstream_core, opts.nginx)
+        stack = build_stack(procs, tmp, opts.server_core, opts.upstream_core, opts.nginx, redis)
         log(f"upstream: {stack.upstream_kind} (static files), aiohttp+uvloop (20 ms endpoint, upload sink)")
-        for scenario in SCENARIOS:
-            if not opts.only or scenario.key in opts.only:
-                log(f"{scenario.title}:")
-                measure(scenario, stack, opts, results)
+        if redis is not None:
+            log(f"redis {redis.version} at {redacted(redis.url)}: the Redis sidecar's cache, under {redis.namespace}:")
+        for scenario in scenarios:
+            log(f"{scenario.title}:")
+            measure(scenario, stack, opts, results)
         if opts.memory:
             results.memory = run_memory_check(procs, tmp, stack, opts)
+    results.redis = redis
     return results, stack
 
 
@@ -220,8 +288,8 @@ class Check:
     name: str
     goal: str
     value: Callable[[Results], float | None]
-    passes: Callable[[float], bool]
-    unit: str  # "x", "ms" or "MiB"
+    passes: Callable[[float], bool] | None  # None: reported, no target (verdict INFO)
+    unit: str  # "x", "ms", "MiB" or "%"
 
 
 CHECKS: list[Check] = [
@@ -236,6 +304,11 @@ CHECKS: list[Check] = [
           lambda r: r.ratio("resilience", RESILIENT, "resilience", LEAN_LABEL), lambda v: v >= 0.90, "x"),
     Check("open breaker vs healthy forward", ">= 5x", lambda r: r.ratio("breaker", OPEN, "breaker", HEALTHY),
           lambda v: v >= 5.0, "x"),
+    Check("memory-cache HIT vs forwarded", ">= 2x", lambda r: r.ratio("cache", MEMORY_HIT, "cache", FORWARDED),
+          lambda v: v >= 2.0, "x"),
+    Check("Redis-cache HIT vs forwarded", "report", lambda r: r.ratio("cache", REDIS_HIT, "cache", FORWARDED),
+          None, "x"),
+    Check("Redis-cache hit rate", "report", lambda r: r.hit_rate("cache", REDIS_HIT), None, "%"),
     Check("100 MB download: RSS growth", "< 20 MiB", lambda r: r.growth("download"), lambda v: v < 20, "MiB"),
     Check("100 MB upload: RSS growth", "< 20 MiB", lambda r: r.growth("upload"), lambda v: v < 20, "MiB"),
 ]
@@ -245,7 +318,8 @@ def evaluate(results: Results) -> list[dict[str, Any]]:
     verdicts = []
     for check in CHECKS:
         value = check.value(results)
-        verdict = "SKIP" if value is None else "PASS" if check.passes(value) else "FAIL"
+        verdict = ("SKIP" if value is None else "INFO" if check.passes is None
+                   else "PASS" if check.passes(value) else "FAIL")
         verdicts.append({"check": check.name, "goal": check.goal, "value": value, "unit": check.unit,
                          "verdict": verdict})
     return verdicts
@@ -261,12 +335,14 @@ def _ratio_text(value: Sample, base: Sample | None) -> str:
 def _value_text(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
+    if unit == "%":
+        return f"{value:.2%}"
     return f"{value:+.3f} ms" if unit == "ms" else f"{value:.1f} MiB" if unit == "MiB" else f"{value:.3f}x"
 
 
 def table(results: Results, verdicts: list[dict[str, Any]]) -> str:
     head = f"{'scenario':<28} {'target':<24} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'x direct':>8} " \
-           f"{'x pass':>7} {'cpu us/req':>10} {'errors':>7}"
+           f"{'x pass':>7} {'cpu us/req':>10} {'hit rate':>8} {'errors':>7}"
     lines = [head, "-" * len(head)]
     titles = {s.key: s for s in SCENARIOS}
     for key, runs in results.runs.items():
@@ -277,8 +353,10 @@ def table(results: Results, verdicts: list[dict[str, Any]]) -> str:
             assert m is not None
             errors = f"{m.errors + m.non_2xx}" if m.errors or m.non_2xx else "0"
             cpu = f"{m.cpu_us:.0f}" if m.cpu_us is not None else "-"
+            hits = f"{m.hit_rate:.2%}" if m.hit_rate is not None else "-"
             lines.append(f"{titles[key].title:<28} {label:<24} {m.rps:>9,.0f} {m.p50_ms:>8.3f} {m.p99_ms:>8.3f} "
-                         f"{_ratio_text(m, direct):>8} {_ratio_text(m, passthrough):>7} {cpu:>10} {errors:>7}")
+                         f"{_ratio_text(m, direct):>8} {_ratio_text(m, passthrough):>7} {cpu:>10} {hits:>8} "
+                         f"{errors:>7}")
     if results.memory:
         lines += ["", f"100 MB streams through a fresh sidecar (far end paced at {results.memory['rate_mib_s']:.0f} "
                       f"MiB/s, RSS sampled every 50 ms; VmHWM at the end {results.memory['vm_hwm_mib']:.1f} MiB):"]
@@ -325,6 +403,8 @@ def write_json(results: Results, verdicts: list[dict[str, Any]], stack: Stack, o
             "nginx": _first_line(["nginx", "-v"]) if stack.upstream_kind == "nginx" else "",
             "commit": _first_line(["git", "rev-parse", "HEAD"]),
             "proxy_changed_since_commit": bool(_first_line(["git", "status", "--porcelain", "proxy"])),
+            "redis": {"url": redacted(results.redis.url), "namespace": results.redis.namespace,
+                      "version": results.redis.version} if results.redis else None,
         },
         "options": {"runs": opts.runs, "seconds": opts.seconds, "warmup_seconds": WARMUP_SECONDS},
         "scenarios": scenarios,
@@ -347,8 +427,12 @@ def parse_options(argv: list[str] | None) -> tuple[Options, bool]:
                         + ",".join(s.key for s in SCENARIOS))
     parser.add_argument("--no-memory", action="store_true", help="skip the 100 MB streaming memory check")
     parser.add_argument("--no-nginx", action="store_true", help="use the aiohttp upstream even if nginx is installed")
-    parser.add_argument("--upstream-on", choices=("server", "client"), default="server",
-                        help="core for the upstreams: with the proxies (default) or with wrk")
+    parser.add_argument("--upstream-on", choices=("client", "server"), default="client",
+                        help="core for the upstreams: with wrk (default: the proxy under test has a core of its "
+                             "own) or with the proxies")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS,
+                        help=f"Redis for the Redis-backed cache target (default: {DEFAULT_REDIS})")
+    parser.add_argument("--no-redis", action="store_true", help="cache scenario without the Redis-backed target")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any check fails")
     args = parser.parse_args(argv)
     client, server = core_layout()
@@ -361,6 +445,7 @@ def parse_options(argv: list[str] | None) -> tuple[Options, bool]:
         only=frozenset(k for k in args.only.split(",") if k),
         memory=not args.no_memory,
         nginx=not args.no_nginx,
+        redis_url=None if args.no_redis else args.redis_url,
     )
     return opts, args.strict
 
