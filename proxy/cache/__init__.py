@@ -16,12 +16,12 @@ rules), `store` (the guarded aiocache backend), `memory` (LRU bounds), `flight` 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from multidict import CIMultiDictProxy
 
@@ -54,7 +54,14 @@ class ReadPlan:
     rule: RouteCache
     mode: Mode
     headers: CIMultiDictProxy[str]  # the caller's, for the values of Vary'd headers
-    label: str  # "supabase bot_profile GET /rest/v1/bot_profiles?id=eq.1", secrets redacted, for log lines
+    method: str
+    target: Target
+
+    def __str__(self) -> str:
+        """`supabase bot_profile GET /rest/v1/bot_profiles?id=eq.1`, secrets redacted: for log lines, made only
+        when a line is written (log calls take the plan itself)."""
+        where = redact_target(self.target.path, self.target.query)
+        return f"{self.key.upstream} {self.key.route} {self.method} {where}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +103,7 @@ class ResponseCache:
         self.keys = keys
         self.metrics = metrics
         self._flights: SingleFlight[Shared] = SingleFlight()
+        self._counters: dict[tuple[str, str, str], Any] = {}  # metric children, looked up once
 
     @classmethod
     def open(cls, settings: CacheSettings, metrics: Metrics, environ: Mapping[str, str] | None = None) -> ResponseCache:
@@ -119,17 +127,19 @@ class ResponseCache:
         if method in CACHEABLE_METHODS and route.cache is not None:
             identity = header_values(headers, route.cache.vary)
             key = self.keys.request(target.upstream.name, route.name, method, target.path, target.query, identity)
-            label = f"{key.upstream} {key.route} {method} {redact_target(target.path, target.query)}"
-            return ReadPlan(key, route.cache, request_mode(headers), headers, label)
+            return ReadPlan(key, route.cache, request_mode(headers), headers, method, target)
         if method in WRITE_METHODS and _invalidated_by_writes(target):
             return WritePlan(target.upstream.name, target.path, f"{target.upstream.name} {target.path}")
         return None
 
     # -- reads ------------------------------------------------------------------------------------------
 
-    @contextlib.asynccontextmanager
-    async def lookup(self, plan: ReadPlan) -> AsyncIterator[Lookup]:
-        """Leaves the single-flight (handing followers what this request got) and counts the result on exit."""
+    def lookup(self, plan: ReadPlan) -> LookupScope:
+        """`async with cache.lookup(plan) as lookup:` finds the entry or joins an identical request's fetch;
+        on exit it leaves the single-flight (handing followers what this request got) and counts the result."""
+        return LookupScope(self, plan)
+
+    async def _enter(self, plan: ReadPlan) -> Lookup:
         lookup = Lookup(plan)
         # Only plain lookups share: no-cache asked for its own fetch, no-store for no cache at all.
         flight = self._flights.join(plan.key.base) if plan.mode is Mode.LOOKUP else None
@@ -140,12 +150,20 @@ class ResponseCache:
                 lookup.flight = flight
                 if plan.mode is not Mode.BYPASS:
                     await self._find(lookup)
-            if lookup.ready is None:  # going upstream (a served entry was logged where it was found)
-                log.debug("Cache %s %s", lookup.result, plan.label)
-            yield lookup
-        finally:
-            self.release(lookup)
-            self.metrics.cache_requests.labels(plan.key.upstream, plan.key.route, lookup.result).inc()
+        except BaseException:
+            self._exit(lookup)
+            raise
+        if lookup.ready is None:  # going upstream (a served entry was logged where it was found)
+            log.debug("Cache %s %s", lookup.result, plan)
+        return lookup
+
+    def _exit(self, lookup: Lookup) -> None:
+        self.release(lookup)
+        key = (lookup.plan.key.upstream, lookup.plan.key.route, lookup.result)
+        counter = self._counters.get(key)
+        if counter is None:
+            counter = self._counters[key] = self.metrics.cache_requests.labels(*key)
+        counter.inc()
 
     def release(self, lookup: Lookup) -> None:
         """Hand followers what this request has for them (an entry, a failure, or nothing: then they fetch
@@ -160,7 +178,7 @@ class ResponseCache:
         elif shared is not None and shared.entry is not None and shared.vary == self._vary(lookup, shared.entry):
             lookup.ready = shared.entry
             lookup.result = shared.result
-            log.debug("Cache %s %s (answered by a concurrent identical request)", lookup.result, lookup.plan.label)
+            log.debug("Cache %s %s (answered by a concurrent identical request)", lookup.result, lookup.plan)
         else:  # the leader had nothing this request may use: it goes on by itself
             await self._find(lookup)
 
@@ -183,7 +201,7 @@ class ResponseCache:
             lookup.ready = entry
             lookup.result = HIT
             self._share(lookup, HIT, entry)
-            log.debug("Cache HIT %s (age=%.1fs)", lookup.plan.label, entry.age(now))
+            log.debug("Cache HIT %s (age=%.1fs)", lookup.plan, entry.age(now))
         elif entry.is_usable_stale(now):
             lookup.stale = entry
 
@@ -192,7 +210,7 @@ class ResponseCache:
             return False
         refused = refusal(lookup.plan.rule, status, headers)
         if refused is not None:
-            log.debug("Cache not storing %s: %s", lookup.plan.label, refused)
+            log.debug("Cache not storing %s: %s", lookup.plan, refused)
         return refused is None
 
     async def store(self, lookup: Lookup, status: int, headers: CIMultiDictProxy[str], body: bytes) -> None:
@@ -207,7 +225,7 @@ class ResponseCache:
         if entry.vary != lookup.marker:
             await self.storage.set(plan.key.marker, ",".join(entry.vary).encode(), entry.lifetime)
         if await self.storage.set(self._entry_key(lookup, entry.vary), entry.encode(), entry.lifetime):
-            log.info("Cache SET %s (ttl=%gs)", plan.label, rule.ttl)
+            log.info("Cache SET %s (ttl=%gs)", plan, rule.ttl)
 
     def fallback(self, lookup: Lookup, failure: EgressError | int) -> Entry | None:
         """The upstream failed (an error, or a 5xx status): the stale entry to serve instead, if any."""
@@ -220,7 +238,7 @@ class ResponseCache:
         lookup.result = STALE
         self._share(lookup, STALE, entry)
         why = f"upstream answered {failure}" if isinstance(failure, int) else failure.reason
-        log.info("Cache STALE %s (age=%.0fs, %s)", lookup.plan.label, entry.age(), why)
+        log.info("Cache STALE %s (age=%.0fs, %s)", lookup.plan, entry.age(), why)
         return entry
 
     def _share(self, lookup: Lookup, result: str, entry: Entry) -> None:
@@ -248,6 +266,25 @@ class ResponseCache:
         purged = await self.storage.incr(key) is not None
         log.info("Cache PURGE %s%s%s", upstream, f" route={route}" if route else "", "" if purged else " failed")
         return purged
+
+
+class LookupScope:
+    """The `async with` of `ResponseCache.lookup`: a plain class, as it is on every cacheable request."""
+
+    __slots__ = ("_cache", "_lookup", "_plan")
+
+    def __init__(self, cache: ResponseCache, plan: ReadPlan) -> None:
+        self._cache = cache
+        self._plan = plan
+        self._lookup: Lookup | None = None
+
+    async def __aenter__(self) -> Lookup:
+        self._lookup = await self._cache._enter(self._plan)
+        return self._lookup
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._lookup is not None:
+            self._cache._exit(self._lookup)
 
 
 def _invalidated_by_writes(target: Target) -> bool:

@@ -58,7 +58,8 @@ class BoundedMemoryCache(SimpleMemoryCache):  # type: ignore[misc]  # aiocache s
         self._cache = self.ledger = LruLedger()
         self._counters: dict[str, int] = {}
 
-    async def _get(self, key: str, encoding: str | None = "utf-8", _conn: Any = None) -> bytes | int | None:
+    def peek(self, key: str) -> bytes | int | None:
+        """A read that needs no await: the store calls it directly on the hot path of a cache HIT."""
         if key in self._counters:
             return self._counters[key]
         value = self.ledger.get(key)
@@ -66,8 +67,11 @@ class BoundedMemoryCache(SimpleMemoryCache):  # type: ignore[misc]  # aiocache s
             self.ledger.touch(key)
         return value
 
+    async def _get(self, key: str, encoding: str | None = "utf-8", _conn: Any = None) -> bytes | int | None:
+        return self.peek(key)
+
     async def _multi_get(self, keys: list[str], encoding: str | None = "utf-8", _conn: Any = None) -> list[Any]:
-        return [await self._get(key) for key in keys]
+        return [self.peek(key) for key in keys]
 
     async def _set(self, key: str, value: bytes, ttl: float | None = None, _cas_token: Any = None,
                    _conn: Any = None) -> bool:

@@ -52,13 +52,21 @@ class Store:
         self._errors = errors.labels(name)
         self._resting_until = 0.0
         self._warned_at = float("-inf")
+        # In-process reads cannot fail or wait: they skip aiocache's per-call layers (timeout, plugins, hooks),
+        # which cost more than the read itself. Writes still go through aiocache (TTL timers, eviction).
+        self._local = backend if isinstance(backend, BoundedMemoryCache) else None
 
     async def get(self, key: str) -> bytes | None:
-        value = await self._guarded("get", lambda: self.backend.get(key))
+        if self._local is not None:
+            value = self._local.peek(self._local.build_key(key))
+        else:
+            value = await self._guarded("get", lambda: self.backend.get(key))
         return value if isinstance(value, bytes) else None
 
     async def get_many(self, keys: Sequence[str]) -> list[Any] | None:
         """One round trip (MGET); None when the backend could not answer (not the same as "all missing")."""
+        if self._local is not None:
+            return [self._local.peek(self._local.build_key(key)) for key in keys]
         values = await self._guarded("multi_get", lambda: self.backend.multi_get(list(keys)))
         return list(values) if values is not None else None
 
