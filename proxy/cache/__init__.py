@@ -16,6 +16,7 @@ rules), `store` (the guarded aiocache backend), `memory` (LRU bounds), `flight` 
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import time
@@ -42,6 +43,8 @@ log = logging.getLogger("egress.cache")
 
 CACHE_HEADER = "X-Egress-Cache"
 HIT, MISS, STALE = "HIT", "MISS", "STALE"
+# Decoded memory-cache entries kept, small ones only: at most 256 x 2 x 16 KiB = 8 MiB beyond max_bytes.
+DECODED_MEMO, DECODED_MEMO_MAX_SIZE = 256, 16 * 1024
 # Failures a stale entry stands in for: the upstream could not answer (or was not asked, to protect it).
 STALE_ON = frozenset(
     {"upstream_timeout", "upstream_connect_error", "upstream_reset", "circuit_open", "overloaded", "throttled"}
@@ -104,6 +107,7 @@ class ResponseCache:
         self.metrics = metrics
         self._flights: SingleFlight[Shared] = SingleFlight()
         self._counters: dict[tuple[str, str, str], Any] = {}  # metric children, looked up once
+        self._decoded: collections.OrderedDict[str, tuple[bytes, Entry]] = collections.OrderedDict()
 
     @classmethod
     def open(cls, settings: CacheSettings, metrics: Metrics, environ: Mapping[str, str] | None = None) -> ResponseCache:
@@ -192,8 +196,9 @@ class ResponseCache:
         lookup.marker = tuple(marker.decode().split(",")) if marker else ()
         if lookup.plan.mode is not Mode.LOOKUP:
             return
-        data = await self.storage.get(self._entry_key(lookup, lookup.marker))
-        entry = Entry.decode(data) if data else None
+        entry_key = self._entry_key(lookup, lookup.marker)
+        data = await self.storage.get(entry_key)
+        entry = self._decode(entry_key, data) if data else None
         now = time.time()
         if entry is None:
             return
@@ -204,6 +209,21 @@ class ResponseCache:
             log.debug("Cache HIT %s (age=%.1fs)", lookup.plan, entry.age(now))
         elif entry.is_usable_stale(now):
             lookup.stale = entry
+
+    def _decode(self, key: str, data: bytes) -> Entry | None:
+        """The in-process store hands back the very bytes it holds: decode them once, not on every HIT."""
+        if not self.storage.local or len(data) > DECODED_MEMO_MAX_SIZE:
+            return Entry.decode(data)
+        memo = self._decoded.get(key)
+        if memo is not None and memo[0] is data:
+            self._decoded.move_to_end(key)
+            return memo[1]
+        entry = Entry.decode(data)
+        if entry is not None:
+            self._decoded[key] = (data, entry)
+            if len(self._decoded) > DECODED_MEMO:
+                self._decoded.popitem(last=False)
+        return entry
 
     def storable(self, lookup: Lookup, status: int, headers: CIMultiDictProxy[str]) -> bool:
         if lookup.plan.mode is Mode.BYPASS:

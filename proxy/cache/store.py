@@ -56,6 +56,10 @@ class Store:
         # which cost more than the read itself. Writes still go through aiocache (TTL timers, eviction).
         self._local = backend if isinstance(backend, BoundedMemoryCache) else None
 
+    @property
+    def local(self) -> bool:
+        return self._local is not None
+
     async def get(self, key: str) -> bytes | None:
         if self._local is not None:
             value = self._local.peek(self._local.build_key(key))
