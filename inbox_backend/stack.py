@@ -143,6 +143,12 @@ class Supervisor:
             log(f"{child.name} stopped")
 
 
+def _python() -> str:
+    """The interpreter to type: the project's venv one (relative when it is), which has the package."""
+    here = os.path.relpath(sys.executable)
+    return here if not here.startswith("..") else sys.executable
+
+
 def banner(ports: Ports) -> str:
     b = ports.backend_url
     return f"""
@@ -153,7 +159,7 @@ Inbox stack is up (Ctrl-C stops all three):
 
 Try:
   curl -H 'Authorization: Bearer user-token' {b}/auth/me
-  python -m inbox_backend.send_webhook "hello" --url {b}/webhook
+  {_python()} -m inbox_backend.send_webhook "hello" --url {b}/webhook
   curl {ports.control_url}/deliveries          # the bot's reply, as WhatsApp received it
   curl {ports.admin_url}/breakers              # the sidecar's circuit breakers
   curl {b}/health
