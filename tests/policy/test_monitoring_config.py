@@ -68,6 +68,7 @@ def test_prometheus_config_points_at_the_admin_port_and_the_backend() -> None:
 @pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool is not installed (apt-get install prometheus)")
 def test_promtool_accepts_the_config_and_rules() -> None:
     for args in (["check", "config", str(CONFIG / "prometheus" / "prometheus.yml")],
-                 ["check", "rules", str(CONFIG / "prometheus" / "alerts.yml")]):
+                 ["check", "rules", str(CONFIG / "prometheus" / "alerts.yml")],
+                 ["test", "rules", str(CONFIG / "prometheus" / "alerts_test.yml")]):  # alerts fire when they should
         done = subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stdout + done.stderr
