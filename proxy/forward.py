@@ -101,6 +101,8 @@ class RequestBody:
             return cls(request, await _read_exactly(request, length), b"", max_body)
         if length is None and replay_limit > 0:
             prefix = await _read_up_to(request, replay_limit + 1)
+            if max_body is not None and len(prefix) > max_body:  # no Content-Length said so up front
+                raise BodyTooLarge(f"request body exceeds max_request_body ({max_body})")
             if len(prefix) <= replay_limit and request.content.at_eof():
                 return cls(request, prefix, b"", max_body)
             return cls(request, None, prefix, max_body)

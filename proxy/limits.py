@@ -42,11 +42,13 @@ class Bulkhead:
         try:
             async with asyncio.timeout(pool_timeout):
                 await waiter  # the releasing request hands its slot over: inflight is unchanged
-        except TimeoutError:
-            raise UpstreamTimeout("pool", pool_timeout, upstream=self.upstream, sent=False) from None
-        except asyncio.CancelledError:
+        except (TimeoutError, asyncio.CancelledError) as exc:
+            # The slot may have been handed to us in the very loop turn we gave up in (the pool timeout fired,
+            # or the caller hung up): inflight already counts us, so pass the slot on or it is lost for good.
             if waiter.done() and not waiter.cancelled():
-                self._release()  # the slot was handed to us just as we gave up: pass it on
+                self._release()
+            if isinstance(exc, TimeoutError):
+                raise UpstreamTimeout("pool", pool_timeout, upstream=self.upstream, sent=False) from None
             raise
         finally:
             with contextlib.suppress(ValueError):

@@ -2,8 +2,8 @@
 
     route       /<upstream>/<path> + METHOD glob -> Route        (404 no_route, 400/405 bad_request)
     cache       a HIT answers here, without an upstream slot; identical concurrent misses wait for one
-                fetch (single-flight); MISS / REFRESH / BYPASS go on
-    deadline    the route's total, shortened by X-Egress-Timeout
+                fetch (single-flight, within their own deadline); MISS / REFRESH / BYPASS go on
+    deadline    the route's total, shortened by X-Egress-Timeout (a cacheable read's starts before its lookup)
     bulkhead    a slot in the upstream's limits                    (503 overloaded, 504 pool timeout)
     body        buffered up to retry.max_body so it can be replayed, else streamed
     retry loop  backoff, budget, Retry-After/throttle, idempotency rule
@@ -105,14 +105,16 @@ class Pipeline:
             return await self._proxy(request, ex, state, functools.partial(self._invalidating, plan))
         if not isinstance(plan, ReadPlan):
             return await self._proxy(request, ex, state)
-        async with cache.lookup(plan) as lookup:
+        # Started before the lookup: waiting for an identical request's fetch spends this request's time too.
+        deadline = _deadline(request, ex.target.route)
+        async with cache.lookup(plan, deadline) as lookup:
             ex.cache = lookup.result
             if lookup.ready is not None:
                 return self._from_cache(request, ex, lookup, lookup.ready)
             if lookup.failed is not None:
-                raise lookup.failed  # the identical request this one waited for failed: so does this one
+                raise lookup.failed  # the identical request this one waited for failed, or outlasted our deadline
             try:
-                return await self._proxy(request, ex, state, functools.partial(self._fill, lookup))
+                return await self._proxy(request, ex, state, functools.partial(self._fill, lookup), deadline)
             except EgressError as error:
                 stale = cache.fallback(lookup, error)
                 if stale is None:
@@ -127,7 +129,7 @@ class Pipeline:
         if isinstance(outcome, EgressError):
             raise outcome
         if outcome.status >= 500 and (stale := cache.fallback(lookup, outcome.status)) is not None:
-            await outcome.discard()
+            await outcome.discard(deadline)
             return self._from_cache(request, ex, lookup, stale)
         prefix = b""
         if cache.storable(lookup, outcome.status, outcome.response.headers):
@@ -183,12 +185,17 @@ class Pipeline:
     # -- deadline, bulkhead, retry loop ----------------------------------------------------------------
 
     async def _proxy(
-        self, request: web.BaseRequest, ex: Exchange, state: UpstreamState, finish: Finish | None = None
+        self,
+        request: web.BaseRequest,
+        ex: Exchange,
+        state: UpstreamState,
+        finish: Finish | None = None,
+        deadline: Deadline | None = None,
     ) -> web.StreamResponse:
         assert ex.target is not None
         route = ex.target.route
         state.breaker_for(route).check_open(state.upstream.name)  # an open breaker refuses before any work
-        deadline = Deadline.start(route.timeouts.total, request.headers.get(CALLER_TIMEOUT_HEADER))
+        deadline = _deadline(request, route) if deadline is None else deadline
         gauge = state.inflight
         gauge.inc()
         try:
@@ -250,7 +257,10 @@ class Pipeline:
         try:
             response = await state.forwarder.send(out, route.timeouts, deadline)
         except EgressError as error:
-            breaker.record(trial, breaker_failure(error, route))
+            if isinstance(error, UpstreamTimeout) and error.kind == "total" and not error.sent:
+                breaker.abandon(trial)  # the deadline was gone before anything was sent: not the upstream's doing
+            else:
+                breaker.record(trial, breaker_failure(error, route))
             state.note_attempt(failed=True)
             self.metrics.upstream_errors.labels(state.upstream.name, error.reason).inc()
             return error
@@ -308,3 +318,7 @@ class Pipeline:
                 "cache": ex.cache,
             }
         )
+
+
+def _deadline(request: web.BaseRequest, route: Route) -> Deadline:
+    return Deadline.start(route.timeouts.total, request.headers.get(CALLER_TIMEOUT_HEADER))

@@ -53,11 +53,12 @@ def entry_response(entry: Entry, method: str, extra: Mapping[str, str]) -> web.R
     return response
 
 
-def _response_head(answer: Answer, extra: Mapping[str, str]) -> web.StreamResponse:
+def _response_head(answer: Answer, extra: Mapping[str, str], method: str) -> web.StreamResponse:
     upstream = answer.response
     out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
     headers = end_to_end(upstream.headers)
-    if answer.body is not None and upstream.status not in NO_BODY_STATUSES:
+    # A HEAD's body is empty by definition: its Content-Length is the upstream's, not len(b"").
+    if answer.body is not None and upstream.status not in NO_BODY_STATUSES and method != "HEAD":
         headers["Content-Length"] = str(len(answer.body))  # already read: the length is now known
     out.headers.extend(headers)
     out.headers.update(extra)
@@ -77,7 +78,7 @@ async def send_answer(
     a streamed one (chunked, SSE) is bounded only by the gap between bytes (`read`). `prefix` is the start
     of the body the sidecar already read (the cache looked, found it too large, and let it go): it goes first.
     """
-    out = _response_head(answer, extra)
+    out = _response_head(answer, extra, request.method)
     delivery = Delivery()
     upstream = answer.response
     try:
@@ -96,6 +97,8 @@ async def send_answer(
                     async for chunk in upstream.content.iter_any():
                         await out.write(chunk)
                         delivery.sent += len(chunk)
+            except aiohttp.ClientConnectionResetError:
+                raise  # writing to a caller who left: handled below as client_disconnected, not the upstream's
             except aiohttp.ClientError as exc:  # payload cut short, connection lost
                 delivery.broken = "upstream_reset"
                 _abort(request, out, f"upstream broke the response after {delivery.sent} bytes: {exc}")

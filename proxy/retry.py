@@ -30,6 +30,7 @@ log = logging.getLogger("egress.retry")
 
 IDEMPOTENCY_KEY = "Idempotency-Key"
 DISCARD_LIMIT = 64 * 1024  # bodies of responses we retry past are drained (keeping the connection) up to this
+DISCARD_WAIT = 1.0  # ... if they arrive within this
 
 
 @dataclass(slots=True)
@@ -48,12 +49,13 @@ class Answer:
             self.body = await self.response.read()
         return self.body
 
-    async def discard(self) -> None:
-        """Done with this response without passing it on: keep the connection if that is cheap."""
+    async def discard(self, deadline: Deadline) -> None:
+        """Done with this response without passing it on: keep the connection if that is cheap (a small body
+        that arrives within a second and within the request's deadline), else close it."""
         length = self.response.content_length
         if self.body is None and length is not None and length <= DISCARD_LIMIT:
             with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
-                async with asyncio.timeout(1.0):
+                async with asyncio.timeout(min(DISCARD_WAIT, max(deadline.remaining(), 0.0))):
                     await self.response.read()
         self.response.release() if self.body is not None or self.response.closed else self.response.close()
 
@@ -121,7 +123,14 @@ class RetryLoop:
                 # which is why a retried-past response is only discarded once the next attempt is admitted.
                 return refused if last is None else last
             if isinstance(last, Answer):
-                await last.discard()
+                try:
+                    await last.discard(ctx.deadline)
+                except BaseException:
+                    # Admitted but never attempted (the caller hung up while the old body drained): a
+                    # half-open trial slot that is not given back would keep the breaker refusing forever.
+                    ctx.breaker.abandon(trial)
+                    last.close()
+                    raise
             ctx.attempts += 1
             outcome = await attempt(trial)
             if isinstance(outcome, Answer) and needs_body(ctx.throttle_rules, outcome.status):

@@ -16,6 +16,7 @@ rules), `store` (the guarded aiocache backend), `memory` (LRU bounds), `flight` 
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import os
@@ -31,7 +32,8 @@ from proxy.cache.flight import Flight, SingleFlight
 from proxy.cache.keys import KeyMaker, RequestKey, header_values, key_secret
 from proxy.cache.rules import CACHEABLE_METHODS, WRITE_METHODS, Mode, extra_vary, refusal, request_mode, stored_headers
 from proxy.cache.store import Store, open_store
-from proxy.errors import EgressError
+from proxy.deadline import Deadline
+from proxy.errors import EgressError, Throttled, UpstreamTimeout
 from proxy.logs import redact_target
 from proxy.metrics import Metrics
 from proxy.policy import CacheSettings, RouteCache
@@ -130,7 +132,9 @@ class ResponseCache:
         route = target.route
         if method in CACHEABLE_METHODS and route.cache is not None:
             identity = header_values(headers, route.cache.vary)
-            key = self.keys.request(target.upstream.name, route.name, method, target.path, target.query, identity)
+            key = self.keys.request(
+                target.upstream.name, route.name, method, target.path, target.query, identity, str(target.upstream.url)
+            )
             return ReadPlan(key, route.cache, request_mode(headers), headers, method, target)
         if method in WRITE_METHODS and _invalidated_by_writes(target):
             return WritePlan(target.upstream.name, target.path, f"{target.upstream.name} {target.path}")
@@ -138,18 +142,19 @@ class ResponseCache:
 
     # -- reads ------------------------------------------------------------------------------------------
 
-    def lookup(self, plan: ReadPlan) -> LookupScope:
-        """`async with cache.lookup(plan) as lookup:` finds the entry or joins an identical request's fetch;
-        on exit it leaves the single-flight (handing followers what this request got) and counts the result."""
-        return LookupScope(self, plan)
+    def lookup(self, plan: ReadPlan, deadline: Deadline) -> LookupScope:
+        """`async with cache.lookup(plan, deadline) as lookup:` finds the entry or joins an identical request's
+        fetch (waiting no longer than `deadline`); on exit it leaves the single-flight (handing followers what
+        this request got) and counts the result."""
+        return LookupScope(self, plan, deadline)
 
-    async def _enter(self, plan: ReadPlan) -> Lookup:
+    async def _enter(self, plan: ReadPlan, deadline: Deadline) -> Lookup:
         lookup = Lookup(plan)
         # Only plain lookups share: no-cache asked for its own fetch, no-store for no cache at all.
         flight = self._flights.join(plan.key.base) if plan.mode is Mode.LOOKUP else None
         try:
             if flight is not None and not flight.leads:
-                await self._follow(lookup, flight)
+                await self._follow(lookup, flight, deadline)
             else:
                 lookup.flight = flight
                 if plan.mode is not Mode.BYPASS:
@@ -175,8 +180,13 @@ class ResponseCache:
         if lookup.flight is not None:
             lookup.flight.land(lookup.shared)
 
-    async def _follow(self, lookup: Lookup, flight: Flight[Shared]) -> None:
-        shared = await flight.outcome()
+    async def _follow(self, lookup: Lookup, flight: Flight[Shared], deadline: Deadline) -> None:
+        try:
+            async with asyncio.timeout(max(deadline.remaining(), 0.0)):
+                shared = await flight.outcome()
+        except TimeoutError:  # the leader outlasts this request's own deadline: so much for waiting
+            lookup.failed = UpstreamTimeout("total", deadline.budget, upstream=lookup.plan.key.upstream)
+            return
         if shared is not None and shared.error is not None:
             lookup.failed = shared.error
         elif shared is not None and shared.entry is not None and shared.vary == self._vary(lookup, shared.entry):
@@ -250,9 +260,10 @@ class ResponseCache:
     def fallback(self, lookup: Lookup, failure: EgressError | int) -> Entry | None:
         """The upstream failed (an error, or a 5xx status): the stale entry to serve instead, if any."""
         eligible = failure >= 500 if isinstance(failure, int) else failure.reason in STALE_ON
-        entry = lookup.stale if eligible else None
+        # Judged now, not at lookup: retries and waits may have carried the entry past its stale_if_error.
+        entry = lookup.stale if eligible and lookup.stale is not None and lookup.stale.is_usable_stale() else None
         if entry is None:
-            if isinstance(failure, EgressError):
+            if isinstance(failure, EgressError) and not _own_deadline(failure):
                 lookup.shared = Shared(MISS, error=failure)  # identical requests waiting on this one fail alike
             return None
         lookup.result = STALE
@@ -275,6 +286,9 @@ class ResponseCache:
 
     async def invalidate(self, plan: WritePlan, why: str) -> None:
         """After a successful write: every cached entry of the path (all queries, all callers) goes."""
+        # A read begun before the write may have fetched the old state: a read issued after it must not join
+        # that fetch. Keys are HMACs, so the path's flights cannot be picked out; writes are rare: forget all.
+        self._flights.forget()
         if await self.storage.incr(self.keys.path_generation(plan.upstream, plan.path)) is None:
             log.warning("Cache INVALIDATE failed for %s after %s: its entries may be served until they expire",
                         plan.label, why)
@@ -291,20 +305,27 @@ class ResponseCache:
 class LookupScope:
     """The `async with` of `ResponseCache.lookup`: a plain class, as it is on every cacheable request."""
 
-    __slots__ = ("_cache", "_lookup", "_plan")
+    __slots__ = ("_cache", "_deadline", "_lookup", "_plan")
 
-    def __init__(self, cache: ResponseCache, plan: ReadPlan) -> None:
+    def __init__(self, cache: ResponseCache, plan: ReadPlan, deadline: Deadline) -> None:
         self._cache = cache
         self._plan = plan
+        self._deadline = deadline
         self._lookup: Lookup | None = None
 
     async def __aenter__(self) -> Lookup:
-        self._lookup = await self._cache._enter(self._plan)
+        self._lookup = await self._cache._enter(self._plan, self._deadline)
         return self._lookup
 
     async def __aexit__(self, *exc_info: object) -> None:
         if self._lookup is not None:
             self._cache._exit(self._lookup)
+
+
+def _own_deadline(failure: EgressError) -> bool:
+    """A failure of this request's deadline (which X-Egress-Timeout may have shortened) says nothing about
+    what an identical request with more time would get: its followers go on by themselves instead."""
+    return isinstance(failure, Throttled) or (isinstance(failure, UpstreamTimeout) and failure.kind == "total")
 
 
 def _invalidated_by_writes(target: Target) -> bool:

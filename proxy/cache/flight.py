@@ -44,6 +44,10 @@ class SingleFlight(Generic[T]):
         future = self._flying[key] = asyncio.get_running_loop().create_future()
         return Flight(self, key, future, leads=True)
 
+    def forget(self) -> None:
+        """Flights in the air keep their followers, but no later request joins them: it leads anew."""
+        self._flying.clear()
+
     def finished(self, key: str, future: asyncio.Future[T | None]) -> None:
         if self._flying.get(key) is future:
             del self._flying[key]

@@ -79,9 +79,18 @@ class KeyMaker:
         return hmac.new(self.secret, json.dumps(parts).encode(), hashlib.sha256).hexdigest()
 
     def request(
-        self, upstream: str, route: str, method: str, path: str, query: str, identity: list[tuple[str, str | None]]
+        self,
+        upstream: str,
+        route: str,
+        method: str,
+        path: str,
+        query: str,
+        identity: list[tuple[str, str | None]],
+        origin: str = "",
     ) -> RequestKey:
-        base = self.digest(method, upstream, path, normalise_query(query), identity)
+        """`origin` is the upstream's URL: a reload that re-points an upstream (staging -> prod) must not serve
+        what the old one answered."""
+        base = self.digest(method, upstream, origin, path, normalise_query(query), identity)
         return RequestKey(
             upstream=upstream,
             route=route,

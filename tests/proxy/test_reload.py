@@ -184,3 +184,30 @@ async def test_sighup_reloads_the_policy_file(tmp_path, upstream: FaultyUpstream
     assert "upstreams: expected a mapping" in stderr
 
 
+
+
+async def test_a_reload_that_repoints_an_upstream_does_not_serve_the_old_ones_cached_answers(
+    make_upstream, reloadable, client
+):
+    staging, prod = await make_upstream(), await make_upstream()
+    staging.default = respond(200, b"staging")
+    prod.default = respond(200, b"prod")
+
+    def text(url: str) -> str:
+        return f"""
+upstreams:
+  supabase:
+    url: {url}
+    routes:
+      - {{name: profiles, match: GET /rest/v1/bot_profiles, cache: {{ttl: 5m}}}}
+"""
+
+    r = await start(reloadable, text(staging.url))
+    for expected in ("MISS", "HIT"):
+        async with client.get(r.url + "/supabase/rest/v1/bot_profiles") as resp:
+            assert resp.headers["X-Egress-Cache"] == expected and await resp.read() == b"staging"
+    r.text = text(prod.url)
+    assert (await r.sidecar.reload()).applied
+    async with client.get(r.url + "/supabase/rest/v1/bot_profiles") as resp:
+        assert resp.headers["X-Egress-Cache"] == "MISS"
+        assert await resp.read() == b"prod"
