@@ -151,3 +151,15 @@ async def test_when_a_child_dies_the_stack_stops_the_others_and_fails(launched: 
     assert await asyncio.wait_for(launched.process.wait(), 20) == 1
     assert not [pid for pid in children if alive(pid)]
     assert "sidecar exited with status -9" in launched.log.read_text(errors="replace")
+
+
+async def test_a_killed_launcher_takes_its_children_with_it(launched: Launched) -> None:
+    children = launched.children
+    assert len(children) == 3 and all(alive(pid) for pid in children)
+    launched.process.kill()  # SIGKILL: the launcher gets no chance to stop anything itself
+    await launched.process.wait()
+    for _ in range(100):
+        if not any(alive(pid) for pid in children):
+            break
+        await asyncio.sleep(0.1)
+    assert [pid for pid in children if alive(pid)] == [], "children outlived a SIGKILLed launcher"
