@@ -88,15 +88,17 @@ async def send_answer(
                 await out.write(answer.body)
                 delivery.sent = len(answer.body)
         elif request.method != "HEAD" and upstream.status not in NO_BODY_STATUSES:
-            bounded = remaining if upstream.content_length is not None else None
             if prefix:
                 await out.write(prefix)
                 delivery.sent = len(prefix)
             try:
-                async with asyncio.timeout(bounded):
-                    async for chunk in upstream.content.iter_any():
-                        await out.write(chunk)
-                        delivery.sent += len(chunk)
+                if upstream.content_length is None or upstream.content.is_eof():
+                    # A stream (bounded by `read` alone), or a body that arrived whole with its headers (nothing
+                    # left to wait for): no deadline timer, which would cost more than a small body's copy.
+                    await _pipe(upstream, out, delivery)
+                else:
+                    async with asyncio.timeout(remaining):
+                        await _pipe(upstream, out, delivery)
             except aiohttp.ClientConnectionResetError:
                 raise  # writing to a caller who left: handled below as client_disconnected, not the upstream's
             except aiohttp.ClientError as exc:  # payload cut short, connection lost
@@ -114,6 +116,12 @@ async def send_answer(
         return out, delivery
     upstream.release()
     return out, delivery
+
+
+async def _pipe(upstream: aiohttp.ClientResponse, out: web.StreamResponse, delivery: Delivery) -> None:
+    async for chunk in upstream.content.iter_any():
+        await out.write(chunk)
+        delivery.sent += len(chunk)
 
 
 def _abort(request: web.BaseRequest, out: web.StreamResponse, message: str) -> None:
