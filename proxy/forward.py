@@ -23,7 +23,6 @@ from proxy.policy import Timeouts, Upstream
 
 # Headers aiohttp would otherwise invent; a transparent proxy sends only what the caller sent.
 SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
-STREAM_CHUNK = 64 * 1024
 # Sidecar controls are for the sidecar: they are not forwarded upstream.
 SIDECAR_REQUEST_HEADERS = frozenset({"host", "x-egress-timeout"})
 

@@ -22,7 +22,6 @@ HOP_BY_HOP = frozenset(
 )
 REQUEST_ID = "X-Request-ID"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-SECRET_HEADERS = frozenset({"authorization", "apikey", "x-goog-api-key", "proxy-authorization", "cookie"})
 
 
 def _dropped(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> set[str]:

@@ -489,7 +489,6 @@ def _route_cache(node: Located) -> RouteCache:
     )
 
 
-CACHE_KEYS = ("backend", "redis_url", "max_entries", "max_bytes", "max_body", "op_timeout", "namespace")
 
 
 def _redis_url(node: Located) -> str:
