@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from yarl import URL
 
 from proxy.policy.model import (
+    CREDENTIAL_HEADERS,
     OUTCOME_CONDITIONS,
     Address,
     AdminSettings,
@@ -474,7 +475,7 @@ def _route_cache(node: Located) -> RouteCache:
     entries = node.mapping(CACHE_RULE_KEYS)
     if "ttl" not in entries:
         raise Invalid("a route cache needs a 'ttl', e.g. cache: {ttl: 5m}")
-    vary = ["authorization", "apikey"]
+    vary = list(CREDENTIAL_HEADERS)
     for header in _field(entries, "vary", Located.texts, list[str]()):
         if header.lower() not in vary:
             vary.append(header.lower())

@@ -14,6 +14,8 @@ from yarl import URL
 
 # Retry / breaker conditions an attempt can end with (besides HTTP statuses and `5xx`/`4xx` classes).
 OUTCOME_CONDITIONS = frozenset({"connect_error", "reset", "timeout"})
+# Always part of a cache key: whoever the caller is, another caller never gets its cached answer.
+CREDENTIAL_HEADERS = ("authorization", "apikey", "cookie")
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
@@ -114,7 +116,7 @@ class RouteCache:
     stale_if_error: float = 0.0
     invalidate_on_write: bool = False
     statuses: frozenset[int] = frozenset({200})
-    vary: tuple[str, ...] = ("authorization", "apikey")
+    vary: tuple[str, ...] = CREDENTIAL_HEADERS
     override: bool = False
 
 

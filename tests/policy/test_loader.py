@@ -532,7 +532,7 @@ def test_route_cache_is_read():
     assert cache is not None
     assert (cache.ttl, cache.stale_if_error, cache.invalidate_on_write) == (60.0, 3600.0, True)
     assert cache.statuses == {200, 404}
-    assert cache.vary == ("authorization", "apikey", "x-tenant")
+    assert cache.vary == ("authorization", "apikey", "cookie", "x-tenant")
 
 
 def test_bad_header_name_and_value():

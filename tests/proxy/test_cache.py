@@ -94,7 +94,7 @@ async def test_routes_without_a_cache_rule_carry_no_cache_header(upstream, make_
 # -- what makes a key ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("header", ["Authorization", "apikey"])
+@pytest.mark.parametrize("header", ["Authorization", "apikey", "Cookie"])
 async def test_two_callers_credentials_never_share_an_entry(upstream, make_sidecar, client, header):
     upstream.default = numbered()
     sc = await make_sidecar(policy(upstream))
