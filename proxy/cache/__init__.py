@@ -9,7 +9,7 @@
     fallback()  the upstream failed: the stale entry to serve instead, if any
     invalidate()/purge() bump a generation: every entry of the path / upstream / route becomes unreachable
 
-Modules: `keys` (HMAC keys, generations, vary markers), `entry` (the stored form), `rules` (HTTP caching
+Modules: `keys` (keyed-hash keys, generations, vary markers), `entry` (the stored form), `rules` (HTTP caching
 rules), `store` (the guarded aiocache backend), `memory` (LRU bounds), `flight` (single-flight),
 `capture` (bounded body reads). The cache outlives a policy reload: it holds settings, not routes.
 """
@@ -287,7 +287,7 @@ class ResponseCache:
     async def invalidate(self, plan: WritePlan, why: str) -> None:
         """After a successful write: every cached entry of the path (all queries, all callers) goes."""
         # A read begun before the write may have fetched the old state: a read issued after it must not join
-        # that fetch. Keys are HMACs, so the path's flights cannot be picked out; writes are rare: forget all.
+        # that fetch. Keys are keyed hashes, so the path's flights cannot be picked out; writes are rare: forget all.
         self._flights.forget()
         if await self.storage.incr(self.keys.path_generation(plan.upstream, plan.path)) is None:
             log.warning("Cache INVALIDATE failed for %s after %s: its entries may be served until they expire",

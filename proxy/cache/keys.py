@@ -4,17 +4,18 @@ Key layout (the Redis backend prefixes every key with `<namespace>:`):
 
     gen:<upstream>                          purge generation of the whole upstream
     gen:<upstream>:route:<route>            purge generation of one route
-    gen:<upstream>:path:<hmac(path)>        write generation of one path (invalidate_on_write)
+    gen:<upstream>:path:<mac(path)>         write generation of one path (invalidate_on_write)
     vary:<upstream>:<base>                  the header names the upstream's `Vary` added for this base key
-    entry:<upstream>:<route>:<hmac(...)>    one stored response
+    entry:<upstream>:<route>:<mac(...)>     one stored response
 
-`base` is an HMAC of the request's identity: method, upstream, path, the query with its parameters sorted,
+`base` is a keyed hash of the request's identity: method, upstream, path, the query with its parameters sorted,
 and the values of the route's `vary` headers (Authorization, apikey, ...). The entry key adds the three
 generations and the values of the headers the upstream's `Vary` named. Bumping a generation (INCR) makes
 every key built with the old value unreachable at once, so invalidation and purge are O(1): nothing is
 scanned, and the orphaned entries simply expire.
 
-Every digest is an HMAC, so a token in a header (or a secret in a path) is never written in clear.
+Every digest is a keyed hash (BLAKE2b, the secret as key), so a token in a header (or a secret in a path) is
+never written in clear.
 The secret is random per process for the memory backend; replicas sharing Redis must agree on it, so it
 comes from `EGRESS_CACHE_KEY_SECRET`, or, when that is unset, is derived from the redis_url and the
 namespace (as secret as the Redis password in the URL: set the variable when the URL carries none).
@@ -23,17 +24,17 @@ namespace (as secret as the Redis password in the URL: set the variable when the
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from multidict import CIMultiDictProxy
 
 from proxy.policy import CacheSettings
 
 SECRET_ENV = "EGRESS_CACHE_KEY_SECRET"
+PATH_MEMO = 4096
 
 
 def key_secret(settings: CacheSettings, environ: Mapping[str, str]) -> bytes:
@@ -73,10 +74,14 @@ class RequestKey:
 @dataclass(frozen=True, slots=True)
 class KeyMaker:
     secret: bytes
+    # Path digests are asked for on every lookup (the path's write generation); paths repeat, so keep a few.
+    _paths: dict[tuple[str, str], str] = field(default_factory=dict, compare=False, repr=False)
 
     def digest(self, *parts: object) -> str:
-        # JSON keeps the parts apart: ("a", "b c") and ("a b", "c") never collide.
-        return hmac.new(self.secret, json.dumps(parts).encode(), hashlib.sha256).hexdigest()
+        # JSON keeps the parts apart: ("a", "b c") and ("a b", "c") never collide. Keyed BLAKE2b is a MAC
+        # like HMAC-SHA256, in one pass instead of two (BLAKE2b takes keys up to 64 bytes: longer ones are hashed).
+        key = self.secret if len(self.secret) <= 64 else hashlib.sha256(self.secret).digest()
+        return hashlib.blake2b(json.dumps(parts).encode(), key=key, digest_size=32).hexdigest()
 
     def request(
         self,
@@ -120,4 +125,9 @@ class KeyMaker:
         return f"gen:{upstream}:route:{route}"
 
     def path_generation(self, upstream: str, path: str) -> str:
-        return f"gen:{upstream}:path:{self.digest(path)}"
+        found = self._paths.get((upstream, path))
+        if found is None:
+            if len(self._paths) >= PATH_MEMO:
+                self._paths.clear()
+            found = self._paths[(upstream, path)] = f"gen:{upstream}:path:{self.digest(path)}"
+        return found
