@@ -41,8 +41,8 @@ def key_secret(settings: CacheSettings, environ: Mapping[str, str]) -> bytes:
     if settings.backend == "memory":
         return os.urandom(32)  # nobody else reads these keys: a secret nobody can know
     configured = environ.get(SECRET_ENV)
-    if configured:
-        return configured.encode()
+    if configured:  # BLAKE2b takes keys up to 64 bytes: a longer secret is hashed down once, here
+        return configured.encode() if len(configured.encode()) <= 64 else hashlib.sha256(configured.encode()).digest()
     return hashlib.sha256(f"egress-cache-key\0{settings.redis_url}\0{settings.namespace}".encode()).digest()
 
 
@@ -79,9 +79,8 @@ class KeyMaker:
 
     def digest(self, *parts: object) -> str:
         # JSON keeps the parts apart: ("a", "b c") and ("a b", "c") never collide. Keyed BLAKE2b is a MAC
-        # like HMAC-SHA256, in one pass instead of two (BLAKE2b takes keys up to 64 bytes: longer ones are hashed).
-        key = self.secret if len(self.secret) <= 64 else hashlib.sha256(self.secret).digest()
-        return hashlib.blake2b(json.dumps(parts).encode(), key=key, digest_size=32).hexdigest()
+        # like HMAC-SHA256, in one pass instead of two (`key_secret` keeps the key within its 64 bytes).
+        return hashlib.blake2b(json.dumps(parts).encode(), key=self.secret, digest_size=32).hexdigest()
 
     def request(
         self,

@@ -9,12 +9,12 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiohttp import web
-from multidict import CIMultiDictProxy
 
 from proxy.errors import UpstreamTimeout
 from proxy.limits import Bulkhead
 from proxy.policy import Limits
-from tests.support.upstream import Behaviour, FaultyUpstream, Recorded, delay, numbered, respond
+from tests.proxy.test_cache import call, policy
+from tests.support.upstream import Behaviour, Recorded, delay, numbered, respond
 
 # -- bulkhead ---------------------------------------------------------------------------------------------
 
@@ -83,36 +83,16 @@ async def test_a_trial_admitted_while_the_previous_answer_drains_is_freed_when_t
 # -- cache: single-flight and stale-if-error ---------------------------------------------------------------
 
 
-def cached_policy(upstream: FaultyUpstream, cache: str = "{ttl: 5m}") -> str:
-    return f"""
-    upstreams:
-      supabase:
-        url: {upstream.url}
-        retry: {{attempts: 1}}
-        routes:
-          - name: bot_profile
-            match: GET /rest/v1/bot_profiles
-            cache: {cache}
-    """
-
-
-async def get(
-    client: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
-) -> tuple[int, CIMultiDictProxy[str], bytes]:
-    async with client.get(url, headers=headers) as resp:
-        return resp.status, resp.headers, await resp.read()
-
-
 async def test_a_single_flight_follower_keeps_its_own_deadline(upstream, make_sidecar, client):
     """Waiting for an identical request's fetch is part of this request's time: with a 300ms deadline it
     must not wait out a leader that takes 1s, then get a fresh 300ms of its own on top."""
     upstream.default = delay(1.0, respond(200, b"slow", {"Cache-Control": "no-store"}))
-    sc = await make_sidecar(cached_policy(upstream))
+    sc = await make_sidecar(policy(upstream))
     url = sc.url + "/supabase/rest/v1/bot_profiles"
-    leader = asyncio.create_task(get(client, url))
+    leader = asyncio.create_task(call(client, url))
     await asyncio.sleep(0.1)  # the leader is waiting for the upstream
     started = time.monotonic()
-    follower = await get(client, url, {"X-Egress-Timeout": "300ms"})
+    follower = await call(client, url, headers={"X-Egress-Timeout": "300ms"})
     elapsed = time.monotonic() - started
     assert (follower[0], follower[1].get("X-Egress-Error")) == (504, "upstream_timeout")
     assert elapsed < 0.7, f"a 300ms deadline answered after {elapsed:.2f}s"
@@ -122,11 +102,11 @@ async def test_a_single_flight_follower_keeps_its_own_deadline(upstream, make_si
 async def test_a_leaders_own_short_deadline_does_not_fail_its_followers(upstream, make_sidecar, client):
     """`X-Egress-Timeout` is one caller's wish: its expiry is no verdict on the upstream for the others."""
     upstream.default = delay(0.5, numbered())
-    sc = await make_sidecar(cached_policy(upstream))
+    sc = await make_sidecar(policy(upstream))
     url = sc.url + "/supabase/rest/v1/bot_profiles"
-    leader = asyncio.create_task(get(client, url, {"X-Egress-Timeout": "200ms"}))
+    leader = asyncio.create_task(call(client, url, headers={"X-Egress-Timeout": "200ms"}))
     await asyncio.sleep(0.05)
-    follower = await get(client, url)
+    follower = await call(client, url)
     assert (follower[0], follower[2]) == (200, b"2")
     assert (await leader)[0] == 504
 
@@ -135,11 +115,11 @@ async def test_a_stale_entry_is_not_served_once_past_stale_if_error(upstream, ma
     """Usable-stale is judged when it stands in, not when the request began: an upstream that takes 600ms to
     fail must not get an entry served 200ms past its stale_if_error window."""
     upstream.script(numbered(), delay(0.6, respond(503, b"down")))
-    sc = await make_sidecar(cached_policy(upstream, "{ttl: 200ms, stale_if_error: 500ms}"))
+    sc = await make_sidecar(policy(upstream, "{ttl: 200ms, stale_if_error: 500ms}"))
     url = sc.url + "/supabase/rest/v1/bot_profiles"
-    assert (await get(client, url))[2] == b"1"
+    assert (await call(client, url))[2] == b"1"
     await asyncio.sleep(0.3)  # expired, usable stale for another 400ms
-    reply = await get(client, url)
+    reply = await call(client, url)
     assert (reply[0], reply[2], reply[1].get("X-Egress-Cache")) == (503, b"down", "MISS")
 
 
@@ -221,11 +201,11 @@ async def test_a_read_after_a_successful_write_does_not_join_a_fetch_begun_befor
             cache: {{ttl: 5m, invalidate_on_write: true}}
     """)
     url = sc.url + "/supabase/rest/v1/accounts?id=eq.42"
-    before = asyncio.create_task(get(client, url))
+    before = asyncio.create_task(call(client, url))
     await asyncio.sleep(0.1)  # that read is in flight upstream
     async with client.patch(url, data=b"{}") as resp:
         assert resp.status == 200
-    after = await get(client, url)
+    after = await call(client, url)
     assert (await before)[2] == b"v0"
     assert after[2] == b"v1"
 
