@@ -63,6 +63,12 @@ class TextFormatter(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         return f"{self._stamp(record.created)},{int(record.msecs):03d}"
 
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info or record.exc_text or record.stack_info:
+            return super().format(record)
+        # The same line as the format string above, without the generic machinery: one per request.
+        return f"{self.formatTime(record)} {record.levelname} {record.name} {record.getMessage()}"
+
 
 class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Lines are gathered and written at most every `interval` (or per `limit` bytes), like nginx's
@@ -122,7 +128,7 @@ def configure(level: str = "info", fmt: str = "text") -> None:
 def log_access(fields: dict[str, Any]) -> None:
     if not access_log.isEnabledFor(logging.INFO):
         return
-    text = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None and v != "")
+    text = " ".join([f"{k}={v}" for k, v in fields.items() if v is not None and v != ""])
     # A record made directly: `Logger.info` would walk the stack to find the caller, on every request.
     record = logging.LogRecord(access_log.name, logging.INFO, __file__, 0, text, None, None)
     record.fields = fields

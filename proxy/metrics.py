@@ -70,6 +70,15 @@ class Metrics:
         self.cache_bytes = Gauge("egress_cache_bytes", "Body bytes held by the memory cache", registry=r)
 
         self._routes: dict[tuple[str, str], RouteMetrics] = {}
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: Counter | Gauge | Histogram, *values: str) -> Any:
+        """`metric.labels(*values)`, looked up once: label values are bounded, and `.labels()` takes a lock."""
+        key = (metric, values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def route(self, upstream: str, route: str) -> RouteMetrics:
         """The per-request series of one route, looked up once (a `.labels()` call costs a lock and a hash)."""

@@ -262,7 +262,7 @@ class Pipeline:
             else:
                 breaker.record(trial, breaker_failure(error, route))
             state.note_attempt(failed=True)
-            self.metrics.upstream_errors.labels(state.upstream.name, error.reason).inc()
+            self.metrics.child(self.metrics.upstream_errors, state.upstream.name, error.reason).inc()
             return error
         except BaseException:
             breaker.abandon(trial)
@@ -286,14 +286,14 @@ class Pipeline:
         if ex.delivery.broken and ex.delivery.broken != "client_disconnected":
             ex.error = ex.delivery.broken
             assert ex.target is not None
-            self.metrics.upstream_errors.labels(ex.target.upstream.name, ex.delivery.broken).inc()
+            self.metrics.child(self.metrics.upstream_errors, ex.target.upstream.name, ex.delivery.broken).inc()
         return response
 
     def _refuse(self, error: EgressError, ex: Exchange) -> web.Response:
         ex.status = error.status
         ex.error = error.reason
         if isinstance(error, Unavailable) and ex.target is not None:
-            self.metrics.rejected.labels(ex.target.upstream.name, error.reason).inc()
+            self.metrics.child(self.metrics.rejected, ex.target.upstream.name, error.reason).inc()
         return error_response(error, ex.reply_headers())
 
     def _account(self, request: web.BaseRequest, ex: Exchange) -> None:

@@ -4,6 +4,7 @@ sidecar's own error."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Mapping
@@ -34,11 +35,15 @@ class Delivery:
 
 
 def error_response(error: EgressError, extra: Mapping[str, str]) -> web.Response:
-    body = {"error": error.reason, "upstream": error.upstream, "detail": error.detail}
-    headers = {EGRESS_ERROR_HEADER: error.reason, **error.headers(), **extra}
-    return web.Response(
-        status=error.status, body=json.dumps(body).encode(), content_type="application/json", headers=headers
-    )
+    headers = {EGRESS_ERROR_HEADER: error.reason, "Content-Type": "application/json", **error.headers(), **extra}
+    return web.Response(status=error.status, body=_error_body(error.reason, error.upstream, error.detail),
+                        headers=headers)
+
+
+@functools.lru_cache(maxsize=256)
+def _error_body(reason: str, upstream: str, detail: str) -> bytes:
+    """While a breaker is open the same refusal goes out thousands of times a second: rendered once."""
+    return json.dumps({"error": reason, "upstream": upstream, "detail": detail}).encode()
 
 
 def entry_response(entry: Entry, method: str, extra: Mapping[str, str]) -> web.Response:
@@ -53,9 +58,19 @@ def entry_response(entry: Entry, method: str, extra: Mapping[str, str]) -> web.R
     return response
 
 
+class _Relay(web.StreamResponse):
+    """A response whose headers leave with its first body bytes: one write, one packet, instead of two. Only for
+    answers whose first bytes are already here; a stream still waiting for its first event (SSE) gets the
+    plain StreamResponse, whose headers go out at once."""
+
+    _send_headers_immediately = False
+
+
 def _response_head(answer: Answer, extra: Mapping[str, str], method: str) -> web.StreamResponse:
     upstream = answer.response
-    out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+    # Nothing to wait for: a body already read, or arrived with the headers, or no body at all.
+    ready = answer.body is not None or upstream.content.total_bytes > 0 or upstream.content.is_eof()
+    out = (_Relay if ready else web.StreamResponse)(status=upstream.status, reason=upstream.reason)
     headers = end_to_end(upstream.headers)
     # A HEAD's body is empty by definition: its Content-Length is the upstream's, not len(b"").
     if answer.body is not None and upstream.status not in NO_BODY_STATUSES and method != "HEAD":

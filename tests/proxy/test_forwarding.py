@@ -183,6 +183,20 @@ async def test_server_sent_events_reach_the_caller_as_they_arrive(upstream, make
     assert total >= 0.9
 
 
+async def test_a_stream_s_headers_reach_the_caller_before_its_first_event(upstream, make_sidecar, client):
+    # Headers travel with the first body bytes only when those are already there; a model still thinking
+    # about its first token must not keep the caller from seeing the 200.
+    upstream.default = stream([b"data: {}\r\n\r\n"], first_after=0.6)
+    sc = await make_sidecar(policy(upstream))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    async with client.post(sc.url + "/gemini/v1beta/models/m:streamGenerateContent?alt=sse") as resp:
+        headers_at = loop.time() - started
+        assert resp.status == 200 and resp.headers["Content-Type"] == "text/event-stream"
+        assert await resp.read() == b"data: {}\r\n\r\n"
+    assert headers_at < 0.4, "the response headers waited for the first event"
+
+
 async def test_unknown_upstream_is_404_no_route(upstream, make_sidecar, client):
     sc = await make_sidecar(policy(upstream))
     async with client.get(sc.url + "/evil/x") as resp:

@@ -183,11 +183,16 @@ def never_read_body() -> Behaviour:
     return behaviour
 
 
-def stream(chunks: list[bytes], gap: float = 0.0, headers: dict[str, str] | None = None) -> Behaviour:
+def stream(
+    chunks: list[bytes], gap: float = 0.0, headers: dict[str, str] | None = None, first_after: float = 0.0
+) -> Behaviour:
+    """Headers at once, then `chunks` `gap` apart, the first one `first_after` seconds after the headers."""
+
     async def behaviour(request: web.BaseRequest, record: Recorded) -> web.StreamResponse:
         await _read(request, record)
         response = web.StreamResponse(headers=headers or {"Content-Type": "text/event-stream"})
         await response.prepare(request)
+        await asyncio.sleep(first_after)
         for chunk in chunks:
             await response.write(chunk)
             if gap:
