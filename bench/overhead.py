@@ -5,6 +5,11 @@ Every scenario is measured three ways with wrk: `direct` to the upstream, throug
 with a shipped-style policy). The upstream is nginx serving static files (the aiohttp upstream,
 bench/upstream.py, when nginx is not installed), and the aiohttp upstream for the 20 ms scenario.
 
+The small GET is also measured through a `conforming` pass-through: the bare one plus the duties the issue
+puts on every request (connect/read/total timeouts, an X-Request-ID, one access-log line, the request counter
+and histogram) and none of the policy stages. It is the floor under any sidecar on this stack; the two
+report-only checks split the sidecar's cost into those duties and the stages themselves.
+
 The `cache` scenario measures, in one run, the sidecar forwarding the small JSON GET and answering it from
 its cache: in memory, and (a second sidecar with the same policy) in the Redis at `--redis-url`, under keys
 `bench-<pid>:*` that are deleted at the end (`--no-redis` leaves Redis out). Both caches are primed first
@@ -74,6 +79,7 @@ from bench.stack import (
 RESULTS_DIR = Path(__file__).with_name("results")
 WARMUP_SECONDS = 1.0
 DIRECT, PASSTHROUGH, SIDECAR = "direct", "passthrough", "sidecar"
+CONFORMING = "passthrough, conforming"
 RESILIENT, LEAN_LABEL = "sidecar, retry+breaker", "sidecar, both off"
 HEALTHY, OPEN = "sidecar, healthy", "sidecar, breaker open"
 FORWARDED, MEMORY_HIT, REDIS_HIT = "sidecar, forwarded", "sidecar, memory HIT", "sidecar, Redis HIT"
@@ -101,11 +107,16 @@ class Scenario:
     prepare: Callable[[Stack], None] | None = None  # runs once before the scenario's first measurement
 
 
-def three_ways(upstream: str, path: str) -> Callable[[Stack], list[Target]]:
+def three_ways(upstream: str, path: str, conforming: bool = False) -> Callable[[Stack], list[Target]]:
+    """Direct, pass-through and sidecar; with `conforming`, also the pass-through that does every request's
+    duties (timeouts, request id, access log, metrics) and nothing else: the floor under the sidecar."""
+
     def targets(stack: Stack) -> list[Target]:
+        floor = [Target(CONFORMING, stack.via_passthrough(upstream, path, conforming=True), stack.conforming_pid)]
         return [
             Target(DIRECT, stack.direct(upstream, path)),
             Target(PASSTHROUGH, stack.via_passthrough(upstream, path), stack.passthrough_pid),
+            *(floor if conforming else []),
             Target(SIDECAR, stack.via_sidecar(upstream, path), stack.sidecar.pid),
         ]
 
@@ -150,7 +161,7 @@ def prime_caches(stack: Stack) -> None:
 
 
 SCENARIOS: list[Scenario] = [
-    Scenario("small", "small JSON GET, 32 conns", 32, three_ways(STATIC, SMALL)),
+    Scenario("small", "small JSON GET, 32 conns", 32, three_ways(STATIC, SMALL, conforming=True)),
     Scenario("large", "1 MB body GET, 32 conns", 32, three_ways(STATIC, LARGE)),
     Scenario("single", "small JSON GET, 1 conn", 1, three_ways(STATIC, SMALL)),
     Scenario("slow", "20 ms upstream, 32 conns", 32, three_ways(AIO, "slow")),
@@ -295,6 +306,10 @@ class Check:
 CHECKS: list[Check] = [
     Check("small GET vs pass-through", ">= 0.85x", lambda r: r.ratio("small", SIDECAR, "small", PASSTHROUGH),
           lambda v: v >= 0.85, "x"),
+    Check("conforming pass-through vs pass-through", "report",
+          lambda r: r.ratio("small", CONFORMING, "small", PASSTHROUGH), None, "x"),
+    Check("small GET vs conforming pass-through", "report",
+          lambda r: r.ratio("small", SIDECAR, "small", CONFORMING), None, "x"),
     Check("added p50 at 1 conn vs direct", "<= 0.50 ms", lambda r: r.added_p50("single"), lambda v: v <= 0.5, "ms"),
     Check("20 ms upstream vs direct", ">= 0.95x", lambda r: r.ratio("slow", SIDECAR, "slow", DIRECT),
           lambda v: v >= 0.95, "x"),
@@ -363,9 +378,9 @@ def table(results: Results, verdicts: list[dict[str, Any]]) -> str:
         for t in results.memory["transfers"]:
             lines.append(f"  {t['direction']:<9} {t['seconds']:>5.2f} s  RSS before {t['before_mib']:.1f} MiB, "
                          f"peak {t['peak_mib']:.1f} MiB, growth {t['growth_mib']:.1f} MiB ({t['samples']} samples)")
-    lines += ["", f"{'check':<34} {'goal':<11} {'measured':>11}  verdict", "-" * 66]
+    lines += ["", f"{'check':<40} {'goal':<11} {'measured':>11}  verdict", "-" * 72]
     for v in verdicts:
-        lines.append(f"{v['check']:<34} {v['goal']:<11} {_value_text(v['value'], v['unit']):>11}  {v['verdict']}")
+        lines.append(f"{v['check']:<40} {v['goal']:<11} {_value_text(v['value'], v['unit']):>11}  {v['verdict']}")
     return "\n".join(lines)
 
 

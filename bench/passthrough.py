@@ -2,18 +2,29 @@
 
 One pooled ClientSession, bodies streamed both ways, hop-by-hop headers dropped; nothing else.
 `python -m bench.passthrough --port P static=http://127.0.0.1:8080 ...`
+
+`--conforming` adds what the sidecar's issue requires of every request and nothing more: connect, read and total
+timeouts, an `X-Request-ID` both ways, one access-log line (the sidecar's own `log_access`, to a file) and the
+request counter and duration histogram. No policy stage (routing globs, cache, breaker, bulkhead, retry budget)
+is in it: on this stack, no implementation of the issue can be faster than this.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import time
 
 import aiohttp
 import uvloop
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from yarl import URL
+
+from proxy.headers import REQUEST_ID, request_id
+from proxy.logs import configure, log_access
+from proxy.metrics import DURATION_BUCKETS
 
 HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"})
 
@@ -27,18 +38,22 @@ class Passthrough:
         self.upstreams = upstreams
         self.session = session
 
-    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+    async def __call__(self, request: web.BaseRequest, rid: str | None = None) -> web.StreamResponse:
         name, _, rest = request.raw_path[1:].partition("/")
         if name not in self.upstreams:
             return web.Response(status=404)
         url = URL(f"{self.upstreams[name]}/{rest}", encoded=True)
         data = request.content if request.body_exists else None
         headers = _end_to_end(request.headers, "host")
+        if rid is not None:
+            headers[REQUEST_ID] = rid
         async with self.session.request(
             request.method, url, headers=headers, data=data, allow_redirects=False
         ) as upstream:
             out = web.StreamResponse(status=upstream.status, reason=upstream.reason)
             out.headers.extend(_end_to_end(upstream.headers))
+            if rid is not None:
+                out.headers[REQUEST_ID] = rid
             await out.prepare(request)
             async for chunk in upstream.content.iter_any():
                 await out.write(chunk)
@@ -46,13 +61,50 @@ class Passthrough:
             return out
 
 
-async def serve(port: int, upstreams: dict[str, str]) -> None:
+class Conforming:
+    """The pass-through plus the per-request duties every sidecar request has (see the module's docstring)."""
+
+    TOTAL = 30.0  # seconds: the policy's default `total`
+
+    def __init__(self, inner: Passthrough) -> None:
+        self.inner = inner
+        registry = CollectorRegistry()
+        labels = ["upstream", "route", "method", "code"]
+        self.requests = Counter("egress_requests_total", "Requests", labels, registry=registry)
+        self.duration = Histogram("egress_request_duration_seconds", "Duration", ["upstream", "route"],
+                                  buckets=DURATION_BUCKETS, registry=registry)
+        self.children: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
+
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        started = time.monotonic()
+        rid = request_id(request.headers.get(REQUEST_ID))
+        async with asyncio.timeout(self.TOTAL):
+            response = await self.inner(request, rid)
+        elapsed = time.monotonic() - started
+        upstream = request.raw_path[1:].partition("/")[0]
+        key = (upstream, request.method, str(response.status))
+        if (series := self.children.get(key)) is None:
+            series = self.children[key] = (self.requests.labels(upstream, "default", *key[1:]),
+                                           self.duration.labels(upstream, "default"))
+        series[0].inc()
+        series[1].observe(elapsed)
+        log_access({"request_id": rid, "upstream": upstream, "route": "default", "method": request.method,
+                    "path": request.raw_path, "status": response.status, "duration_ms": round(elapsed * 1000, 2),
+                    "bytes": response.body_length})
+        return response
+
+
+async def serve(port: int, upstreams: dict[str, str], conforming: bool) -> None:
     connector = aiohttp.TCPConnector(limit=0)
+    # Conforming: the policy's default connect and read timeouts, as the sidecar sets them.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=3.0 if conforming else None,
+                                    sock_read=10.0 if conforming else None)
     async with aiohttp.ClientSession(
-        connector=connector, auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None),
+        connector=connector, auto_decompress=False, timeout=timeout,
         skip_auto_headers=("Accept", "Accept-Encoding", "User-Agent", "Content-Type"),
     ) as session:
-        runner = web.ServerRunner(web.Server(Passthrough(upstreams, session)), access_log=None)
+        handler = Passthrough(upstreams, session)
+        runner = web.ServerRunner(web.Server(Conforming(handler) if conforming else handler), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         await asyncio.Event().wait()
@@ -61,9 +113,12 @@ async def serve(port: int, upstreams: dict[str, str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--conforming", action="store_true", help="add timeouts, request ids, access log, metrics")
     parser.add_argument("upstreams", nargs="+", help="name=base_url")
     args = parser.parse_args()
-    uvloop.run(serve(args.port, dict(pair.split("=", 1) for pair in args.upstreams)))
+    if args.conforming:
+        configure("info")  # the access log goes to stderr, which the benchmark sends to a file
+    uvloop.run(serve(args.port, dict(pair.split("=", 1) for pair in args.upstreams), args.conforming))
 
 
 if __name__ == "__main__":

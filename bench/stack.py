@@ -55,14 +55,16 @@ class Stack:
     aio: str  # base URL of the aiohttp upstream
     passthrough: str
     passthrough_pid: int
+    conforming: str  # the pass-through with the per-request duties of the issue (bench/passthrough.py)
+    conforming_pid: int
     sidecar: Sidecar
     redis_sidecar: Sidecar | None = None  # same policy, cache in Redis (only when the cache scenario runs)
 
     def direct(self, upstream: str, path: str) -> str:
         return f"{self.aio if upstream == AIO else self.static}/{path}"
 
-    def via_passthrough(self, upstream: str, path: str) -> str:
-        return f"{self.passthrough}/{upstream}/{path}"
+    def via_passthrough(self, upstream: str, path: str, conforming: bool = False) -> str:
+        return f"{self.conforming if conforming else self.passthrough}/{upstream}/{path}"
 
     def via_sidecar(self, upstream: str, path: str, sidecar: Sidecar | None = None) -> str:
         return f"{(sidecar or self.sidecar).url}/{upstream}/{path}"
@@ -135,12 +137,16 @@ def start_aio_upstream(procs: Processes, root: Path, core: int | None) -> str:
     return base
 
 
-def start_passthrough(procs: Processes, upstreams: dict[str, str], core: int | None) -> tuple[str, int]:
+def start_passthrough(
+    procs: Processes, upstreams: dict[str, str], core: int | None, conforming: bool = False
+) -> tuple[str, int]:
     port = free_port()
-    argv = [sys.executable, "-m", "bench.passthrough", "--port", str(port), *(f"{k}={v}" for k, v in upstreams.items())]
-    proc = procs.start("passthrough", argv, core)
+    name = "passthrough-conforming" if conforming else "passthrough"
+    argv = [sys.executable, "-m", "bench.passthrough", "--port", str(port), *(["--conforming"] if conforming else []),
+            *(f"{k}={v}" for k, v in upstreams.items())]
+    proc = procs.start(name, argv, core)
     base = f"http://{LOOPBACK}:{port}"
-    wait_http(f"{base}/{STATIC}/{SMALL}", proc, "passthrough", procs)
+    wait_http(f"{base}/{STATIC}/{SMALL}", proc, name, procs)
     return base, proc.pid
 
 
@@ -214,9 +220,11 @@ def build_stack(
     nginx = start_nginx(procs, tmp, root, upstream_core) if use_nginx else None
     static = nginx or aio
     passthrough, passthrough_pid = start_passthrough(procs, {STATIC: static, AIO: aio}, core)
+    conforming, conforming_pid = start_passthrough(procs, {STATIC: static, AIO: aio}, core, conforming=True)
     sidecar = start_sidecar(procs, tmp, "sidecar", static, aio, core)
     redis_sidecar = start_sidecar(procs, tmp, "sidecar-redis", static, aio, core, redis) if redis else None
-    return Stack("nginx" if nginx else "aiohttp", static, aio, passthrough, passthrough_pid, sidecar, redis_sidecar)
+    return Stack("nginx" if nginx else "aiohttp", static, aio, passthrough, passthrough_pid, conforming, conforming_pid,
+                 sidecar, redis_sidecar)
 
 
 def admin_post(sidecar: Sidecar, path: str) -> dict[str, object]:
