@@ -11,6 +11,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -378,6 +379,17 @@ def test_configure_json_writes_one_json_object_per_line(restore_logging, capsys)
     assert access["logger"] == "egress.access" and access["level"] == "info"
     assert failure["level"] == "error" and "ValueError: boom" in failure["exc"]
     assert logging.getLogger("aiohttp.access").disabled
+
+
+def test_configure_text_access_lines_look_like_every_other_line(restore_logging, capsys):
+    # Access lines skip the LogRecord (a fast path); they must read exactly like lines that don't.
+    configure("info", "text")
+    log_access({"request_id": "r1", "status": 200, "egress_error": None})
+    logging.getLogger("egress.test").info("hello")
+    access, other = capsys.readouterr().err.splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
+    assert re.fullmatch(stamp + r" INFO egress\.access request_id=r1 status=200", access), access
+    assert re.fullmatch(stamp + r" INFO egress\.test hello", other), other
 
 
 def test_configure_text_and_level(restore_logging, capsys):
