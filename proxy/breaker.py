@@ -64,7 +64,9 @@ class Breaker:
         )
         self.opened_at: float | None = None  # wall clock, for operators
         self._opened_mono = 0.0
-        self._trial_in_flight = False
+        # The half-open probe in flight, if any. Held by identity: a probe admitted before an operator's
+        # override must not settle the half-open period that comes after it.
+        self._trial: Trial | None = None
         self.forced_open = False  # an operator's "open" holds until an operator closes it
         self.outcomes: Counter[str] = Counter()
 
@@ -109,14 +111,14 @@ class Breaker:
             self._cb.half_open()
             state = pybreaker.STATE_HALF_OPEN
         if state == pybreaker.STATE_HALF_OPEN:
-            if self._trial_in_flight:
+            if self._trial is not None:
                 raise CircuitOpen(
                     f"breaker {self.name} is half-open and its trial request is in flight",
                     upstream=upstream,
                     retry_after=1.0,
                 )
-            self._trial_in_flight = True
-            return Trial(self, is_trial=True)
+            self._trial = Trial(self, is_trial=True)
+            return self._trial
         return Trial(self)
 
     def record(self, trial: Trial, failure: str | None) -> None:
@@ -124,9 +126,10 @@ class Breaker:
         if trial.settled:
             return
         trial.settled = True
-        if trial.is_trial:
-            self._trial_in_flight = False
+        current = self._release(trial)
         self.outcomes[failure or "success"] += 1
+        if trial.is_trial and not current:
+            return  # a probe from an earlier half-open period (an operator has stepped in since)
         if not trial.is_trial and self.state != pybreaker.STATE_CLOSED:
             return  # a late answer from before the breaker opened says nothing about now
         if failure is None and not trial.is_trial and self._cb.fail_counter == 0:
@@ -141,8 +144,14 @@ class Breaker:
         """The attempt ended without a verdict (caller went away): free the trial slot, count nothing."""
         if not trial.settled:
             trial.settled = True
-            if trial.is_trial:
-                self._trial_in_flight = False
+            self._release(trial)
+
+    def _release(self, trial: Trial) -> bool:
+        """Free the probe slot if `trial` holds it; whether it did."""
+        if self._trial is trial:
+            self._trial = None
+            return True
+        return False
 
     def reconfigure(self, policy: BreakerPolicy) -> None:
         """A reloaded policy: new thresholds apply from now on; the state and its counts carry over."""
@@ -154,11 +163,12 @@ class Breaker:
 
     def force_open(self) -> None:
         self.forced_open = True
+        self._trial = None
         self._cb.open()
 
     def force_close(self) -> None:
         self.forced_open = False
-        self._trial_in_flight = False
+        self._trial = None
         self._cb.close()
 
     def reset(self) -> None:

@@ -14,12 +14,13 @@ CALLER_TIMEOUT_HEADER = "X-Egress-Timeout"
 class Deadline:
     at: float  # time.monotonic() value
     budget: float  # seconds granted at the start, for messages
+    shortened: bool = False  # by the caller's X-Egress-Timeout: running out is then the caller's choice
 
     @classmethod
     def start(cls, total: float, caller_header: str | None = None) -> Deadline:
         hint = _caller_seconds(caller_header) if caller_header else None
         budget = total if hint is None else min(total, hint)
-        return cls(time.monotonic() + max(budget, 0.0), budget)
+        return cls(time.monotonic() + max(budget, 0.0), budget, budget < total)
 
     def remaining(self) -> float:
         return self.at - time.monotonic()

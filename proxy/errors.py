@@ -12,6 +12,7 @@ class EgressError(Exception):
     status = 502
     reason = "egress_error"
     outcome: str | None = None  # the retry/breaker condition this failure counts as, if any
+    callers_doing = False  # the caller's request itself is at fault: says nothing about the upstream
 
     def __init__(self, detail: str = "", *, upstream: str = "", sent: bool = True) -> None:
         super().__init__(detail or self.reason)
@@ -58,6 +59,13 @@ class NoRoute(EgressError):
 class BadRequest(EgressError):
     status = 400
     reason = "bad_request"
+    callers_doing = True
+
+
+class RequestTimeout(BadRequest):
+    """The caller did not send its body within the request's deadline (nginx's client_body_timeout)."""
+
+    status = 408
 
 
 class MethodNotAllowed(BadRequest):
@@ -67,6 +75,7 @@ class MethodNotAllowed(BadRequest):
 class BodyTooLarge(EgressError):
     status = 413
     reason = "body_too_large"
+    callers_doing = True
 
 
 class Unavailable(EgressError):

@@ -163,6 +163,8 @@ def classify(exc: BaseException, upstream: str, timeouts: Timeouts) -> EgressErr
     if isinstance(exc, EgressError):
         exc.upstream = exc.upstream or upstream
         return exc
+    if isinstance(exc.__cause__, EgressError):  # the sidecar's own, from inside aiohttp (a body over the limit)
+        return classify(exc.__cause__, upstream, timeouts)
     if isinstance(exc, aiohttp.ConnectionTimeoutError):
         return UpstreamTimeout("connect", timeouts.connect, upstream=upstream, sent=False)
     if isinstance(exc, aiohttp.SocketTimeoutError):
@@ -180,6 +182,13 @@ def classify(exc: BaseException, upstream: str, timeouts: Timeouts) -> EgressErr
     if isinstance(exc, aiohttp.ClientError):
         return UpstreamReset(f"{type(exc).__name__}: {exc}", upstream=upstream)
     raise exc
+
+
+def timed_out(exc: TimeoutError, upstream: str, timeouts: Timeouts, deadline: Deadline) -> EgressError:
+    """A TimeoutError while talking to the upstream: aiohttp's own (connect, read) or the request's deadline."""
+    if isinstance(exc, aiohttp.ServerTimeoutError):
+        return classify(exc, upstream, timeouts)
+    return UpstreamTimeout("total", deadline.budget, upstream=upstream)
 
 
 class Forwarder:
@@ -224,11 +233,9 @@ class Forwarder:
                 async with watchdog.watching():
                     return await self._request(out, payload, timeouts)
         except TimeoutError as exc:
-            if isinstance(exc, aiohttp.ServerTimeoutError):
-                raise classify(exc, self.upstream.name, timeouts) from exc
-            if watchdog.fired:
+            if watchdog.fired and not isinstance(exc, aiohttp.ServerTimeoutError):
                 raise UpstreamTimeout("write", timeouts.write, upstream=self.upstream.name) from exc
-            raise UpstreamTimeout("total", deadline.budget, upstream=self.upstream.name) from exc
+            raise timed_out(exc, self.upstream.name, timeouts, deadline) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise classify(exc, self.upstream.name, timeouts) from exc
 

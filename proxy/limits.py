@@ -10,6 +10,7 @@ import asyncio
 import collections
 import contextlib
 
+from proxy.deadline import Deadline
 from proxy.errors import Overloaded, UpstreamTimeout
 from proxy.policy import Limits
 
@@ -25,10 +26,11 @@ class Bulkhead:
     def queued(self) -> int:
         return len(self._waiters)
 
-    def slot(self, pool_timeout: float) -> Slot:
-        return Slot(self, pool_timeout)
+    def slot(self, pool_timeout: float, deadline: Deadline | None = None) -> Slot:
+        """`async with bulkhead.slot(pool, deadline):` waits at most `pool`, and never past `deadline`."""
+        return Slot(self, pool_timeout, deadline)
 
-    async def _acquire(self, pool_timeout: float) -> None:
+    async def _acquire(self, pool_timeout: float, deadline: Deadline | None = None) -> None:
         if self.inflight < self.limits.max_concurrent and not self._waiters:
             self.inflight += 1
             return
@@ -37,10 +39,11 @@ class Bulkhead:
                 f"{self.inflight} requests in flight and {len(self._waiters)} queued (limits reached)",
                 upstream=self.upstream,
             )
+        wait = pool_timeout if deadline is None else max(0.0, min(pool_timeout, deadline.remaining()))
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         try:
-            async with asyncio.timeout(pool_timeout):
+            async with asyncio.timeout(wait):
                 await waiter  # the releasing request hands its slot over: inflight is unchanged
         except (TimeoutError, asyncio.CancelledError) as exc:
             # The slot may have been handed to us in the very loop turn we gave up in (the pool timeout fired,
@@ -48,6 +51,8 @@ class Bulkhead:
             if waiter.done() and not waiter.cancelled():
                 self._release()
             if isinstance(exc, TimeoutError):
+                if deadline is not None and wait < pool_timeout:  # the request's time ran out first
+                    raise UpstreamTimeout("total", deadline.budget, upstream=self.upstream, sent=False) from None
                 raise UpstreamTimeout("pool", pool_timeout, upstream=self.upstream, sent=False) from None
             raise
         finally:
@@ -66,14 +71,15 @@ class Bulkhead:
 class Slot:
     """`async with bulkhead.slot(pool):` a plain class rather than @asynccontextmanager: it is on every request."""
 
-    __slots__ = ("_bulkhead", "_pool_timeout")
+    __slots__ = ("_bulkhead", "_deadline", "_pool_timeout")
 
-    def __init__(self, bulkhead: Bulkhead, pool_timeout: float) -> None:
+    def __init__(self, bulkhead: Bulkhead, pool_timeout: float, deadline: Deadline | None) -> None:
         self._bulkhead = bulkhead
         self._pool_timeout = pool_timeout
+        self._deadline = deadline
 
     async def __aenter__(self) -> None:
-        await self._bulkhead._acquire(self._pool_timeout)
+        await self._bulkhead._acquire(self._pool_timeout, self._deadline)
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._bulkhead._release()

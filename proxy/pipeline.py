@@ -5,7 +5,7 @@
                 fetch (single-flight, within their own deadline); MISS / REFRESH / BYPASS go on
     deadline    the route's total, shortened by X-Egress-Timeout (a cacheable read's starts before its lookup)
     bulkhead    a slot in the upstream's limits                    (503 overloaded, 504 pool timeout)
-    body        buffered up to retry.max_body so it can be replayed, else streamed
+    body        buffered up to retry.max_body so it can be replayed, else streamed  (413, 408 past the deadline)
     retry loop  backoff, budget, Retry-After/throttle, idempotency rule
       breaker     fail fast while open                            (503 circuit_open)
       attempt     one request upstream, classified                 (504 timeout, 502 connect_error/reset)
@@ -31,8 +31,8 @@ from proxy.breaker import Trial
 from proxy.cache import CACHE_HEADER, Entry, Lookup, ReadPlan, WritePlan
 from proxy.cache.capture import read_capped
 from proxy.deadline import CALLER_TIMEOUT_HEADER, Deadline
-from proxy.errors import BadRequest, EgressError, Unavailable, UpstreamTimeout
-from proxy.forward import Outgoing, RequestBody, classify
+from proxy.errors import BadRequest, EgressError, RequestTimeout, Unavailable, UpstreamTimeout
+from proxy.forward import Outgoing, RequestBody, classify, timed_out
 from proxy.headers import REQUEST_ID, request_id
 from proxy.logs import log_access, redact_target
 from proxy.metrics import method_label
@@ -156,12 +156,12 @@ class Pipeline:
         try:
             async with asyncio.timeout(max(deadline.remaining(), 0.001) if length is not None else None):
                 data, complete = await read_capped(answer.response.content, limit)
+        except TimeoutError as exc:  # first: the deadline's and aiohttp's read timeouts are OSErrors too
+            answer.close()
+            raise timed_out(exc, ex.target.upstream.name, ex.target.route.timeouts, deadline) from exc
         except (aiohttp.ClientError, OSError) as exc:
             answer.close()
             raise classify(exc, ex.target.upstream.name, ex.target.route.timeouts) from exc
-        except TimeoutError as exc:
-            answer.close()
-            raise UpstreamTimeout("total", deadline.budget, upstream=ex.target.upstream.name) from exc
         if not complete:
             return None, data
         answer.body = data
@@ -199,9 +199,8 @@ class Pipeline:
         gauge = state.inflight
         gauge.inc()
         try:
-            pool_wait = max(0.0, min(route.timeouts.pool, deadline.remaining()))
-            async with state.bulkhead.slot(pool_wait):
-                body = await self._read_body(request, state, route.retry.max_body)
+            async with state.bulkhead.slot(route.timeouts.pool, deadline):
+                body = await self._read_body(request, state, route.retry.max_body, deadline)
                 out = Outgoing(
                     request.method,
                     state.forwarder.url_for(ex.target.path, ex.target.query),
@@ -224,11 +223,24 @@ class Pipeline:
             raise outcome
         return await self._respond(request, ex, outcome, deadline)
 
-    async def _read_body(self, request: web.BaseRequest, state: UpstreamState, replay_limit: int) -> RequestBody:
+    async def _read_body(
+        self, request: web.BaseRequest, state: UpstreamState, replay_limit: int, deadline: Deadline
+    ) -> RequestBody:
+        """Within the deadline: a caller that stalls its body must not hold its bulkhead slot any longer."""
+        name = state.upstream.name
+        read = RequestBody.read(request, replay_limit, state.upstream.limits.max_request_body)
         try:
-            return await RequestBody.read(request, replay_limit, state.upstream.limits.max_request_body)
+            if not request.body_exists:
+                return await read  # nothing to wait for: no timer
+            async with asyncio.timeout(max(deadline.remaining(), 0.001)):
+                return await read
+        except TimeoutError as exc:
+            raise RequestTimeout(f"the request body did not arrive within {deadline.budget:g}s", upstream=name) from exc
         except (aiohttp.ClientPayloadError, ConnectionError, asyncio.IncompleteReadError) as exc:
-            raise BadRequest(f"could not read the request body: {exc}", upstream=state.upstream.name) from exc
+            raise BadRequest(f"could not read the request body: {exc}", upstream=name) from exc
+        except EgressError as error:
+            error.upstream = error.upstream or name
+            raise
 
     def _retry_context(
         self, request: web.BaseRequest, ex: Exchange, state: UpstreamState, deadline: Deadline, body: RequestBody
@@ -257,8 +269,13 @@ class Pipeline:
         try:
             response = await state.forwarder.send(out, route.timeouts, deadline)
         except EgressError as error:
-            if isinstance(error, UpstreamTimeout) and error.kind == "total" and not error.sent:
-                breaker.abandon(trial)  # the deadline was gone before anything was sent: not the upstream's doing
+            if error.callers_doing:  # its body (too large, cut short): no verdict on the upstream
+                breaker.abandon(trial)
+                return error
+            if isinstance(error, UpstreamTimeout) and error.kind == "total" and (not error.sent or deadline.shortened):
+                # The deadline was gone before anything was sent, or the caller chose to give up early:
+                # neither is the upstream's doing, and one impatient caller must not open the breaker for all.
+                breaker.abandon(trial)
             else:
                 breaker.record(trial, breaker_failure(error, route))
             state.note_attempt(failed=True)

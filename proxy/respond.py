@@ -4,9 +4,12 @@ sidecar's own error."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
+import socket
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -24,6 +27,7 @@ log = logging.getLogger("egress.respond")
 NO_BODY_STATUSES = frozenset({204, 304})
 EGRESS_ERROR_HEADER = "X-Egress-Error"
 AGE_HEADER = "Age"
+_RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s
 
 
 @dataclass(slots=True)
@@ -116,13 +120,13 @@ async def send_answer(
                         await _pipe(upstream, out, delivery)
             except aiohttp.ClientConnectionResetError:
                 raise  # writing to a caller who left: handled below as client_disconnected, not the upstream's
+            except TimeoutError:  # before ClientError: aiohttp's read timeout is both
+                delivery.broken = "upstream_timeout"
+                _abort(request, out, f"upstream body timed out (read or total) after {delivery.sent} bytes")
+                return out, delivery
             except aiohttp.ClientError as exc:  # payload cut short, connection lost
                 delivery.broken = "upstream_reset"
                 _abort(request, out, f"upstream broke the response after {delivery.sent} bytes: {exc}")
-                return out, delivery
-            except TimeoutError:
-                delivery.broken = "upstream_timeout"
-                _abort(request, out, f"upstream body timed out (read or total) after {delivery.sent} bytes")
                 return out, delivery
         await out.write_eof()
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
@@ -140,8 +144,14 @@ async def _pipe(upstream: aiohttp.ClientResponse, out: web.StreamResponse, deliv
 
 
 def _abort(request: web.BaseRequest, out: web.StreamResponse, message: str) -> None:
-    """Never finish a truncated body cleanly: closing the connection is how the caller learns it broke."""
+    """Never finish a truncated body cleanly: a reset connection is how the caller learns it broke. A clean
+    close would not do: an HTTP/1.0 caller reads a body without a length to the end of the connection."""
     log.warning(message)
     out.force_close()
-    if request.transport is not None:
-        request.transport.close()
+    transport = request.transport
+    if transport is not None:
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # linger 0: the close is a TCP reset, not an end of stream
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
+        transport.abort()

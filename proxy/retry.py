@@ -21,7 +21,7 @@ from proxy.breaker import Breaker, Trial
 from proxy.budget import RetryBudgetWindow
 from proxy.deadline import Deadline
 from proxy.errors import EgressError, UpstreamReset
-from proxy.forward import RequestBody
+from proxy.forward import RequestBody, timed_out
 from proxy.metrics import Metrics
 from proxy.policy import IDEMPOTENT_METHODS, Route, ThrottleRule
 from proxy.throttle import RETRY_AFTER_STATUSES, ThrottleClock, needs_body, retry_after_seconds, throttle_delay
@@ -156,12 +156,16 @@ class RetryLoop:
 
     async def _read_small(self, answer: Answer) -> Answer | EgressError:
         """Throttle signals hide in bodies (WhatsApp's 400 + code 130429): read them, within the deadline."""
+        ctx = self.ctx
         try:
-            async with asyncio.timeout(max(self.ctx.deadline.remaining(), 0.001)):
+            async with asyncio.timeout(max(ctx.deadline.remaining(), 0.001)):
                 await answer.read()
-        except (aiohttp.ClientError, TimeoutError, OSError):
+        except TimeoutError as exc:  # first: the deadline's and aiohttp's read timeouts are OSErrors too
             answer.close()
-            return UpstreamReset("the response body was cut short", upstream=self.ctx.upstream)
+            return timed_out(exc, ctx.upstream, ctx.route.timeouts, ctx.deadline)
+        except (aiohttp.ClientError, OSError):
+            answer.close()
+            return UpstreamReset("the response body was cut short", upstream=ctx.upstream)
         return answer
 
     def decide(self, outcome: Outcome) -> Verdict:

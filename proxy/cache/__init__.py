@@ -263,7 +263,7 @@ class ResponseCache:
         # Judged now, not at lookup: retries and waits may have carried the entry past its stale_if_error.
         entry = lookup.stale if eligible and lookup.stale is not None and lookup.stale.is_usable_stale() else None
         if entry is None:
-            if isinstance(failure, EgressError) and not _own_deadline(failure):
+            if isinstance(failure, EgressError) and _shareable(failure):
                 lookup.shared = Shared(MISS, error=failure)  # identical requests waiting on this one fail alike
             return None
         lookup.result = STALE
@@ -322,10 +322,13 @@ class LookupScope:
             self._cache._exit(self._lookup)
 
 
-def _own_deadline(failure: EgressError) -> bool:
-    """A failure of this request's deadline (which X-Egress-Timeout may have shortened) says nothing about
-    what an identical request with more time would get: its followers go on by themselves instead."""
-    return isinstance(failure, Throttled) or (isinstance(failure, UpstreamTimeout) and failure.kind == "total")
+def _shareable(failure: EgressError) -> bool:
+    """Whether identical requests waiting on this one would get the same failure: only what the upstream did.
+    Not this request's own deadline (X-Egress-Timeout may have shortened it) nor its wait for a throttle, and
+    not its own body (too large, cut short): the followers then go on by themselves."""
+    if failure.callers_doing or isinstance(failure, Throttled):
+        return False
+    return not (isinstance(failure, UpstreamTimeout) and failure.kind == "total")
 
 
 def _invalidated_by_writes(target: Target) -> bool:

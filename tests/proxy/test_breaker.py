@@ -211,3 +211,31 @@ async def test_connect_errors_and_timeouts_count(make_sidecar, client):
     assert status == 503 and headers["X-Egress-Error"] == "circuit_open"
 
 
+
+
+async def test_a_probe_from_before_an_operator_close_does_not_settle_a_later_half_open(upstream, make_sidecar, client):
+    sc = await make_sidecar(policy(upstream.url, "failures: 1, reset_after: 200ms"))
+    url = sc.url + "/gemini/x"
+    breaker = sc.runtime.breakers["gemini"]
+    upstream.script(respond(500))
+    assert (await call(client, url))[0] == 500  # open
+    await asyncio.sleep(0.25)
+    upstream.script(delay(1.0, respond(200)))
+    first_probe = asyncio.create_task(call(client, url))
+    await asyncio.sleep(0.1)
+    assert breaker.state == "half-open"
+    async with client.post(sc.admin + "/breakers/gemini/close") as resp:
+        assert resp.status == 200
+    upstream.script(respond(500))
+    assert (await call(client, url))[0] == 500  # open again
+    await asyncio.sleep(0.25)
+    upstream.script(delay(1.2, respond(200)))
+    second_probe = asyncio.create_task(call(client, url))
+    await asyncio.sleep(0.1)
+    assert breaker.state == "half-open"
+    assert (await first_probe)[0] == 200  # settles now: it says nothing about this half-open period
+    upstream.default = respond(200)
+    status, headers = await call(client, url)
+    assert (status, headers.get("X-Egress-Error")) == (503, "circuit_open")  # the second probe is still out
+    assert (await second_probe)[0] == 200
+    assert breaker.state == "closed"

@@ -108,6 +108,25 @@ async def test_a_response_cut_mid_body_reaches_the_caller_as_an_error_not_a_shor
             await resp.read()
 
 
+async def test_a_cut_body_reaches_an_http_1_0_caller_as_a_reset_not_as_its_end(upstream, make_sidecar):
+    # HTTP/1.0 has no chunked encoding: a body of no stated length ends where the connection ends, so a
+    # clean close would make the first 1000 bytes look like the whole body.
+    upstream.default = cut_stream(b"a" * 1000, None)
+    sc = await make_sidecar(policy(upstream.url))
+    reader, writer = await asyncio.open_connection("127.0.0.1", sc.sidecar.data_port)
+    writer.write(b"GET /whatsapp_media/media/2 HTTP/1.0\r\nHost: a\r\n\r\n")
+    received = b""
+    with pytest.raises(ConnectionResetError):
+        while True:
+            chunk = await asyncio.wait_for(reader.read(65536), 3)
+            if not chunk:
+                break  # a clean end of stream: what must not happen
+            received += chunk
+    writer.close()
+    head = received.partition(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.0 200") and b"content-length" not in head
+
+
 async def test_request_body_over_the_limit_is_413(upstream, make_sidecar, client):
     sc = await make_sidecar(f"""
     upstreams:

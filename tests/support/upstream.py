@@ -236,13 +236,14 @@ def count_body() -> Behaviour:
     return behaviour
 
 
-def cut_stream(first: bytes, size: int) -> Behaviour:
-    """Promise `size` bytes, send `first`, then drop the connection."""
+def cut_stream(first: bytes, size: int | None) -> Behaviour:
+    """Promise `size` bytes (None: a chunked body of no stated length), send `first`, then drop the connection."""
 
     async def behaviour(request: web.BaseRequest, record: Recorded) -> None:
         await _read(request, record)
         response = web.StreamResponse()
-        response.content_length = size
+        if size is not None:
+            response.content_length = size
         await response.prepare(request)
         await response.write(first)
         await asyncio.sleep(0.05)
