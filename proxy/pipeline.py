@@ -149,6 +149,10 @@ class Pipeline:
         assert ex.target is not None
         if request.method == "HEAD":
             return b"", b""  # stored as headers alone; the answer itself streams through untouched
+        if answer.body is not None:
+            return answer.body, b""  # already read whole (the retry loop looked for a throttle signal in it)
+        if answer.prefix:
+            return None, answer.prefix  # ... or read in part: too large to have been one
         limit = self.runtime.cache.max_body
         length = answer.response.content_length
         if length is not None and length > limit:
@@ -296,7 +300,7 @@ class Pipeline:
         ex.status = answer.status
         try:
             response, ex.delivery = await send_answer(
-                request, answer, ex.reply_headers(), max(deadline.remaining(), 0.001), prefix
+                request, answer, ex.reply_headers(), max(deadline.remaining(), 0.001), prefix or answer.prefix
             )
         finally:
             answer.response.close()  # a no-op once released to the pool; frees it on any early exit

@@ -19,6 +19,7 @@ import backoff
 
 from proxy.breaker import Breaker, Trial
 from proxy.budget import RetryBudgetWindow
+from proxy.cache.capture import read_capped
 from proxy.deadline import Deadline
 from proxy.errors import EgressError, UpstreamReset
 from proxy.forward import RequestBody, timed_out
@@ -31,6 +32,7 @@ log = logging.getLogger("egress.retry")
 IDEMPOTENCY_KEY = "Idempotency-Key"
 DISCARD_LIMIT = 64 * 1024  # bodies of responses we retry past are drained (keeping the connection) up to this
 DISCARD_WAIT = 1.0  # ... if they arrive within this
+THROTTLE_BODY_LIMIT = 64 * 1024  # a throttle signal is a small JSON error; a larger body is read no further
 
 
 @dataclass(slots=True)
@@ -39,15 +41,11 @@ class Answer:
 
     response: aiohttp.ClientResponse
     body: bytes | None = None
+    prefix: bytes = b""  # the start of a body read in part (it outgrew a limit): still owed to the caller
 
     @property
     def status(self) -> int:
         return self.response.status
-
-    async def read(self) -> bytes:
-        if self.body is None:
-            self.body = await self.response.read()
-        return self.body
 
     async def discard(self, deadline: Deadline) -> None:
         """Done with this response without passing it on: keep the connection if that is cheap (a small body
@@ -155,17 +153,22 @@ class RetryLoop:
                 raise
 
     async def _read_small(self, answer: Answer) -> Answer | EgressError:
-        """Throttle signals hide in bodies (WhatsApp's 400 + code 130429): read them, within the deadline."""
+        """Throttle signals hide in bodies (WhatsApp's 400 + code 130429): read them, within the deadline.
+        A body too large to be such a signal is not one: what was read of it goes first when it is passed on."""
         ctx = self.ctx
         try:
             async with asyncio.timeout(max(ctx.deadline.remaining(), 0.001)):
-                await answer.read()
+                data, complete = await read_capped(answer.response.content, THROTTLE_BODY_LIMIT)
         except TimeoutError as exc:  # first: the deadline's and aiohttp's read timeouts are OSErrors too
             answer.close()
             return timed_out(exc, ctx.upstream, ctx.route.timeouts, ctx.deadline)
         except (aiohttp.ClientError, OSError):
             answer.close()
             return UpstreamReset("the response body was cut short", upstream=ctx.upstream)
+        if complete:
+            answer.body = data
+        else:
+            answer.prefix = data
         return answer
 
     def decide(self, outcome: Outcome) -> Verdict:

@@ -8,8 +8,9 @@ import logging
 import time
 
 import aiohttp
+from aiohttp import web
 
-from tests.support.upstream import FaultyUpstream, delay, echo, free_port, hang, reset_after_body, respond
+from tests.support.upstream import FaultyUpstream, Recorded, delay, echo, free_port, hang, reset_after_body, respond
 
 FAST_BACKOFF = "backoff: {base: 10ms, max: 2s}"
 
@@ -141,6 +142,31 @@ async def test_a_plain_400_is_not_throttling(upstream, make_sidecar, client):
     status, headers, body = await call(client, "POST", sc.url + "/gemini/v19.0/123/messages", data=b"{}")
     assert status == 400 and b"Invalid parameter" in body
     assert headers["X-Egress-Attempts"] == "1"
+
+
+async def test_a_large_body_on_a_throttle_status_is_streamed_on_whole_not_held(upstream, make_sidecar, client):
+    # Throttle signals are small JSON errors: a larger body is read no further than 64 KiB, then streamed on.
+    half = bytes(range(256)) * 512  # 128 KiB, then a pause, then as much again
+
+    async def large_400(request: web.BaseRequest, record: Recorded) -> web.StreamResponse:
+        response = web.StreamResponse(status=400)
+        await response.prepare(request)
+        await response.write(half)
+        await asyncio.sleep(1.0)
+        await response.write(half)
+        await response.write_eof()
+        return response
+
+    upstream.script(large_400, respond(200))
+    sc = await make_sidecar(policy(upstream.url, extra=THROTTLE_RULES))
+    started = time.monotonic()
+    async with client.post(sc.url + "/gemini/v19.0/123/messages", data=b"{}") as resp:
+        first = await resp.content.readexactly(len(half))
+        first_at = time.monotonic() - started
+        body = first + await resp.read()
+    assert resp.status == 400 and body == half + half
+    assert resp.headers["X-Egress-Attempts"] == "1"
+    assert first_at < 0.8, "the body was held until it ended"
 
 
 async def test_a_post_reset_after_its_body_was_sent_is_never_retried(upstream, make_sidecar, client):
