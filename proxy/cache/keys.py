@@ -47,8 +47,9 @@ def key_secret(settings: CacheSettings, environ: Mapping[str, str]) -> bytes:
 
 
 def normalise_query(query: str) -> str:
-    """The same parameters in any order are the same request: `b=2&a=1` and `a=1&b=2` share an entry."""
-    return "&".join(sorted(pair for pair in query.split("&") if pair))
+    """The same parameters in any order are the same request: `b=2&a=1` and `a=1&b=2` share an entry. A
+    repeated parameter keeps its values' order (`a=2&a=1` is not `a=1&a=2`): some APIs read it as a list."""
+    return "&".join(sorted((pair for pair in query.split("&") if pair), key=lambda pair: pair.partition("=")[0]))
 
 
 def header_values(headers: CIMultiDictProxy[str], names: Iterable[str]) -> list[tuple[str, str | None]]:

@@ -136,6 +136,11 @@ async def test_query_parameter_order_does_not_matter_but_values_do(upstream, mak
     reordered = await call(client, base + "?order=name&id=eq.1&select=*")
     other = await call(client, base + "?order=name&id=eq.2&select=*")
     assert [(r[2], state(r)) for r in (first, reordered, other)] == [(b"1", "MISS"), (b"1", "HIT"), (b"2", "MISS")]
+    # A repeated parameter's values keep their order: a list in that order, to some APIs.
+    listed = await call(client, base + "?fields=b&id=eq.1&fields=a")
+    relisted = await call(client, base + "?id=eq.1&fields=b&fields=a")
+    swapped = await call(client, base + "?fields=a&id=eq.1&fields=b")
+    assert [(r[2], state(r)) for r in (listed, relisted, swapped)] == [(b"3", "MISS"), (b"3", "HIT"), (b"4", "MISS")]
 
 
 async def test_head_is_cached_apart_from_get_and_keeps_its_content_length(upstream, make_sidecar, client):
