@@ -32,7 +32,7 @@ def open_session(upstream: Upstream) -> aiohttp.ClientSession:
     # Idle connections are dropped after 15 s, before most servers' own idle timeouts (Node 5 s aside): a POST
     # sent on a connection the server just closed cannot be proven unsent, so it would not be retried.
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60, keepalive_timeout=15)
-    return aiohttp.ClientSession(
+    session = aiohttp.ClientSession(
         connector=connector,
         auto_decompress=False,  # bytes and Content-Encoding pass exactly as the upstream sent them
         skip_auto_headers=SKIP_AUTO_HEADERS,
@@ -41,6 +41,11 @@ def open_session(upstream: Upstream) -> aiohttp.ClientSession:
         trust_env=False,
         requote_redirect_url=False,
     )
+    # aiohttp replays an idempotent request once by itself when its connection drops, unseen by the retry
+    # policy: past `attempts`, outside the retry budget and X-Egress-Attempts. Retries are the policy's alone.
+    # (No public switch: this is the attribute aiohttp's own test client turns off; aiohttp is pinned.)
+    session._retry_connection = False
+    return session
 
 
 class WriteWatchdog:

@@ -286,6 +286,21 @@ async def test_the_retry_budget_stops_a_storm(upstream, make_sidecar, client):
     assert 'egress_retry_budget_exhausted_total{upstream="gemini"}' in text
 
 
+async def test_attempts_is_the_most_the_upstream_ever_sees_even_when_it_resets(upstream, make_sidecar, client):
+    # aiohttp would replay an idempotent request once by itself on a dropped connection, behind the retry
+    # policy's back: past `attempts`, uncounted by the retry budget and X-Egress-Attempts.
+    upstream.default = reset_after_body()
+    sc = await make_sidecar(policy(upstream.url, attempts=1))
+    status, headers, _ = await call(client, "GET", sc.url + "/gemini/x")
+    assert (status, headers["X-Egress-Error"], headers["X-Egress-Attempts"]) == (502, "upstream_reset", "1")
+    assert len(upstream.requests) == 1
+    upstream.requests.clear()
+    sc3 = await make_sidecar(policy(upstream.url, attempts=3))
+    status, headers, _ = await call(client, "PUT", sc3.url + "/gemini/x", data=b"{}")
+    assert (status, headers["X-Egress-Attempts"]) == (502, "3")
+    assert len(upstream.requests) == 3
+
+
 async def test_every_retry_logs_one_line(upstream, make_sidecar, client, caplog):
     caplog.set_level(logging.WARNING, logger="egress.retry")
     upstream.script(respond(502), respond(503), respond(200))
