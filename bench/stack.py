@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import sys
 import urllib.request
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.processes import LOOPBACK, Processes, free_port, free_ports, wait_http
+from proxy.policy import CACHE_KEY_SECRET_ENV
 
 SMALL = "small.json"
 LARGE = "1mb.bin"
@@ -204,6 +206,8 @@ def start_sidecar(
     port, admin = free_ports(2)
     policy = tmp / f"{name}-policy.yaml"
     policy.write_text(sidecar_policy(port, admin, static, aio, redis))
+    if redis is not None:  # a Redis cache needs a key secret: this benchmark's own, for its own keys
+        os.environ.setdefault(CACHE_KEY_SECRET_ENV, secrets.token_hex(16))
     proc = procs.start(name, [sys.executable, "-m", "proxy", "--policy", str(policy)], core)
     sidecar = Sidecar(f"http://{LOOPBACK}:{port}", f"http://{LOOPBACK}:{admin}", proc.pid)
     wait_http(f"{sidecar.admin}/ready", proc, name, procs)

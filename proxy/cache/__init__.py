@@ -19,9 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,8 +110,8 @@ class ResponseCache:
         self._decoded: collections.OrderedDict[str, tuple[bytes, Entry]] = collections.OrderedDict()
 
     @classmethod
-    def open(cls, settings: CacheSettings, metrics: Metrics, environ: Mapping[str, str] | None = None) -> ResponseCache:
-        secret = key_secret(settings, os.environ if environ is None else environ)
+    def open(cls, settings: CacheSettings, metrics: Metrics) -> ResponseCache:
+        secret = key_secret(settings)
         return cls(settings, open_store(settings, metrics), KeyMaker(secret), metrics)
 
     @property

@@ -26,21 +26,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from multidict import CIMultiDictProxy
 
 from proxy.policy import CacheSettings
 
-SECRET_ENV = "EGRESS_CACHE_KEY_SECRET"
 PATH_MEMO = 4096
 
 
-def key_secret(settings: CacheSettings, environ: Mapping[str, str]) -> bytes:
+def key_secret(settings: CacheSettings) -> bytes:
     if settings.backend == "memory":
         return os.urandom(32)  # nobody else reads these keys: a secret nobody can know
-    configured = environ.get(SECRET_ENV)
+    configured = settings.key_secret  # required by the policy loader unless redis_url carries a password
     if configured:  # BLAKE2b takes keys up to 64 bytes: a longer secret is hashed down once, here
         return configured.encode() if len(configured.encode()) <= 64 else hashlib.sha256(configured.encode()).digest()
     return hashlib.sha256(f"egress-cache-key\0{settings.redis_url}\0{settings.namespace}".encode()).digest()

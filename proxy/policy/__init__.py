@@ -2,6 +2,7 @@
 
 from proxy.policy.loader import load_policy, parse_policy
 from proxy.policy.model import (
+    CACHE_KEY_SECRET_ENV,
     IDEMPOTENT_METHODS,
     Address,
     AdminSettings,
@@ -20,6 +21,7 @@ from proxy.policy.model import (
 from proxy.policy.source import PolicyError, Problem
 
 __all__ = [
+    "CACHE_KEY_SECRET_ENV",
     "IDEMPOTENT_METHODS",
     "Address",
     "AdminSettings",

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from yarl import URL
 
 from proxy.policy.model import (
+    CACHE_KEY_SECRET_ENV,
     CREDENTIAL_HEADERS,
     OUTCOME_CONDITIONS,
     Address,
@@ -197,6 +198,9 @@ def load_policy(path: str | Path, environ: Mapping[str, str] | None = None) -> P
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise PolicyError([Problem(file, 0, "", f"cannot read the policy file: {exc.strerror}")]) from None
+    except UnicodeDecodeError as exc:
+        line = Path(path).read_bytes()[: exc.start].count(b"\n") + 1
+        raise PolicyError([Problem(file, line, "", f"the policy file is not UTF-8 (byte {exc.start})")]) from None
     return parse_policy(text, file, environ)
 
 
@@ -353,7 +357,7 @@ def _throttle_rule(node: Located) -> ThrottleRule | None:
     entries = node.mapping(("status", "field", "codes", "delay_field", "delay"))
     if "status" not in entries:
         raise Invalid("a throttle rule needs a 'status' (e.g. 429, or 400 for WhatsApp's 130429)")
-    status = entries["status"].read(lambda n: n.integer(100))
+    status = entries["status"].read(Located.status)
     codes = _field(entries, "codes", lambda n: frozenset(n.texts()), frozenset[str]())
     field = _field(entries, "field", Located.text, None)
     delay_field = _field(entries, "delay_field", Located.text, None)
@@ -483,7 +487,7 @@ def _route_cache(node: Located) -> RouteCache:
         ttl=_field(entries, "ttl", Located.duration, 0.0),
         stale_if_error=_field(entries, "stale_if_error", Located.duration, 0.0),
         invalidate_on_write=_field(entries, "invalidate_on_write", Located.boolean, False),
-        statuses=_field(entries, "statuses", lambda n: frozenset(s.integer(100) for s in n.sequence()),
+        statuses=_field(entries, "statuses", lambda n: frozenset(s.status() for s in n.sequence()),
                         frozenset({200})),
         vary=tuple(vary),
         override=_field(entries, "override", Located.boolean, False),
@@ -494,7 +498,11 @@ def _route_cache(node: Located) -> RouteCache:
 
 def _redis_url(node: Located) -> str:
     raw = node.text().strip()
-    url = URL(raw)
+    try:
+        url = URL(raw)
+        url.port  # noqa: B018  (yarl checks the port lazily)
+    except (ValueError, TypeError) as exc:
+        raise Invalid(f"expected a redis URL like 'redis://127.0.0.1:6379/0', got {raw!r}: {exc}") from None
     if url.scheme not in ("redis", "rediss") or not url.host:
         raise Invalid(f"expected a redis URL like 'redis://127.0.0.1:6379/0', got {raw!r}")
     return raw
@@ -503,6 +511,19 @@ def _redis_url(node: Located) -> str:
 def _cache_settings(node: Located | None) -> CacheSettings:
     if node is None:
         return CacheSettings()
+    settings = _cache_fields(node)
+    if settings.backend != "redis":
+        return settings
+    secret = node.ctx.environ.get(CACHE_KEY_SECRET_ENV, "")
+    if not secret and not URL(settings.redis_url).password:
+        # Else the key would be derived from the URL and namespace alone, which anyone who reads the policy
+        # can recompute: credentials in cache keys would be hashed with a public key.
+        node.report_at_key(f"a Redis cache needs {CACHE_KEY_SECRET_ENV} set (the same secret on every replica) "
+                           "when redis_url carries no password")
+    return dataclasses.replace(settings, key_secret=secret)
+
+
+def _cache_fields(node: Located) -> CacheSettings:
     spec: Mapping[str, Reader] = {
         "backend": lambda n, _: n.choice(("memory", "redis")),
         "redis_url": lambda n, _: _redis_url(n),

@@ -165,6 +165,12 @@ class CacheSettings:
     max_body: int = 1024 * 1024
     op_timeout: float = 0.05
     namespace: str = "egress"
+    # From CACHE_KEY_SECRET_ENV when the policy is read (never rendered): keys the hash that hides credentials
+    # in cache keys; replicas sharing a Redis must agree on it.
+    key_secret: str = field(default="", repr=False)
+
+
+CACHE_KEY_SECRET_ENV = "EGRESS_CACHE_KEY_SECRET"
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ so one run reports every error in the file rather than the first.
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping
@@ -122,15 +123,19 @@ class Located:
             return ""
         return self._substitute(str(self.node.value))
 
-    def integer(self, minimum: int = 0) -> int:
+    def integer(self, minimum: int = 0, maximum: int | None = None) -> int:
         raw = self.text()
         try:
             value = int(raw)
         except ValueError:
             raise Invalid(f"expected a whole number, got {raw!r}") from None
-        if value < minimum:
-            raise Invalid(f"expected a whole number >= {minimum}, got {value}")
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+            raise Invalid(f"expected a whole number {bound}, got {value}")
         return value
+
+    def status(self) -> int:
+        return self.integer(100, 599)
 
     def number(self, minimum: float = 0.0, maximum: float | None = None) -> float:
         raw = self.text()
@@ -138,6 +143,8 @@ class Located:
             value = float(raw)
         except ValueError:
             raise Invalid(f"expected a number, got {raw!r}") from None
+        if not math.isfinite(value):  # nan compares false to every bound, inf passes a minimum
+            raise Invalid(f"expected a finite number, got {raw!r}")
         if value < minimum or (maximum is not None and value > maximum):
             bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
             raise Invalid(f"expected a number {bound}, got {raw}")
@@ -216,6 +223,9 @@ def compose(text: str, ctx: Context) -> Located | None:
         return None
     except yaml.YAMLError as exc:
         ctx.problems.append(Problem(ctx.file, 0, "", f"invalid YAML: {exc}"))
+        return None
+    except RecursionError:  # PyYAML's composer recurses once per nesting level
+        ctx.problems.append(Problem(ctx.file, 0, "", "invalid YAML: nested too deeply"))
         return None
     if node is None or (isinstance(node, yaml.ScalarNode) and node.tag == "tag:yaml.org,2002:null"):
         ctx.problems.append(Problem(ctx.file, 1, "", "the policy file is empty"))

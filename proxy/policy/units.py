@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import re
+from decimal import Decimal
+
+MAX_DURATION = 8760 * 3600.0  # a year: past that it is a typo, and event-loop timers overflow
+MAX_SIZE = 1024**4
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -25,19 +29,25 @@ def parse_duration(text: str) -> float:
     match = _DURATION.match(text)
     if not match:
         raise ValueError(f"expected a duration like '15s' or '150ms', got {text!r}")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    if not seconds <= MAX_DURATION:  # also catches inf: a timer that far off overflows the event loop's clock
+        raise ValueError(f"expected a duration of at most 8760h (a year), got {text!r}")
+    return seconds
 
 
 def parse_size(text: str | int) -> int:
     """Bytes from `512KiB`, `1MiB`, `10MB` or a plain integer."""
     if isinstance(text, int):
-        if text < 0:
-            raise ValueError(f"expected a size like '1MiB', got {text!r}")
+        if text < 0 or text > MAX_SIZE:
+            raise ValueError(f"expected a size like '1MiB' (at most 1024GiB), got {text!r}")
         return text
     match = _SIZE.match(text)
     if not match:
         raise ValueError(f"expected a size like '1MiB' or '512KiB', got {text!r}")
-    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+    size = int(Decimal(match.group(1)) * _SIZE_UNITS[match.group(2)])  # exact: a float turns 1e400 into inf
+    if size > MAX_SIZE:
+        raise ValueError(f"expected a size of at most 1024GiB, got {text!r}")
+    return size
 
 
 def format_duration(seconds: float) -> str:

@@ -87,6 +87,16 @@ def test_the_k8s_pod_runs_backend_and_sidecar_with_probes_and_the_policy_configm
     assert configmap["data"]["policy.yaml"] == PRODUCTION_POLICY.read_text()
 
 
+def test_the_sidecar_environments_of_compose_and_k8s_make_a_valid_production_policy() -> None:
+    # What the loader refuses (a Redis cache without a key secret, say) must not first show up in a pod's log.
+    [compose] = load_all("compose.yaml")
+    load_policy(PRODUCTION_POLICY, {k: str(v) for k, v in compose["services"]["sidecar"]["environment"].items()})
+    [deployment, _] = load_all("k8s/deployment.yaml")
+    _, sidecar = deployment["spec"]["template"]["spec"]["containers"]
+    environ = {e["name"]: e.get("value", f"<{e['name']} from a Secret>") for e in sidecar["env"]}
+    assert load_policy(PRODUCTION_POLICY, environ).cache.backend == "redis"
+
+
 def test_the_image_is_python_3_11_slim_installed_with_pip_and_not_root() -> None:
     lines = [line.strip() for line in (DEPLOY / "Dockerfile").read_text().splitlines()]
     assert "FROM python:3.11-slim" in lines

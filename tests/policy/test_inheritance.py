@@ -278,6 +278,7 @@ def test_the_shipped_policy_takes_its_settings_from_the_environment():
         "GEMINI_URL": "http://127.0.0.1:5001",
         "GEMINI_API_KEY": "supersecret",
         "EGRESS_CACHE_BACKEND": "redis",
+        "EGRESS_CACHE_KEY_SECRET": "cachekeysecret",
     }
     policy = load_policy(SHIPPED, environ=env)
     assert str(policy.listen) == "0.0.0.0:18081"

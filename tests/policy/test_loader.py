@@ -681,3 +681,51 @@ def test_a_redis_url_that_is_not_one_is_an_error_at_its_line() -> None:
     with pytest.raises(PolicyError) as caught:
         parse_policy("upstreams: {}\ncache:\n  backend: redis\n  redis_url: http://127.0.0.1:6379\n", "p.yaml", {})
     assert str(caught.value).startswith("p.yaml:4: cache.redis_url: expected a redis URL")
+
+
+# -- values at the edges: an error at their line, never a traceback (found in review) ---------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("retry: {max_body: 1" + "0" * 400 + "KiB}", "upstreams.g.retry.max_body: expected a size of at most 1024GiB"),
+        ("timeouts: {read: 1" + "0" * 400 + "h}", "upstreams.g.timeouts.read: expected a duration of at most 8760h"),
+        ("timeouts: {read: 9000h}", "upstreams.g.timeouts.read: expected a duration of at most 8760h"),
+        ("retry: {budget: {ratio: nan}}", "upstreams.g.retry.budget.ratio: expected a finite number, got 'nan'"),
+        ("retry: {budget: {min_per_second: inf}}", "upstreams.g.retry.budget.min_per_second: expected a finite"),
+        ("throttle: [{status: 4290}]", "upstreams.g.throttle[0].status: expected a whole number from 100 to 599"),
+    ],
+)
+def test_out_of_range_values_are_errors_at_their_line(setting: str, expected: str) -> None:
+    found = problem(UPSTREAM + "    " + setting + "\n")
+    assert found.startswith(f"{FILE}:4: {expected}"), found
+
+
+@pytest.mark.parametrize("url", ["redis://[bad", "redis://h:99999/0"])
+def test_a_malformed_redis_url_is_an_error_at_its_line(url: str) -> None:
+    text = f"upstreams: {{}}\ncache:\n  backend: redis\n  redis_url: '{url}'\n"
+    found = problem(text, {"EGRESS_CACHE_KEY_SECRET": "s"})
+    assert found.startswith(f"{FILE}:4: cache.redis_url: expected a redis URL"), found
+
+
+def test_a_redis_cache_needs_a_key_secret_unless_its_url_has_a_password() -> None:
+    text = "upstreams: {}\ncache:\n  backend: redis\n  redis_url: '%s'\n"
+    found = problem(text % "redis://127.0.0.1:6379/0")
+    assert found.startswith(f"{FILE}:2: cache: a Redis cache needs EGRESS_CACHE_KEY_SECRET"), found
+    assert load(text % "redis://127.0.0.1:6379/0", {"EGRESS_CACHE_KEY_SECRET": "s3"}).cache.key_secret == "s3"
+    assert load(text % "redis://:pw@127.0.0.1:6379/0").cache.backend == "redis"
+
+
+def test_deeply_nested_yaml_is_an_error_not_a_recursion_error() -> None:
+    assert problem("upstreams: " + "[" * 3000 + "]" * 3000 + "\n") == f"{FILE}: invalid YAML: nested too deeply"
+
+
+def test_a_policy_file_that_is_not_utf8_is_an_error_at_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    data = b"upstreams:\n  a:\n    url: http://h\n    headers: {k: \"caf\xe9\"}\n"
+    path.write_bytes(data)
+    with pytest.raises(PolicyError) as caught:
+        load_policy(path, {})
+    at = data.index(b"\xe9")
+    assert str(caught.value) == f"{path}:4: the policy file is not UTF-8 (byte {at})"

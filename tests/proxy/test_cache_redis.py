@@ -109,16 +109,12 @@ async def test_a_purge_on_one_replica_empties_the_others(upstream, make_sidecar,
     assert state(await call(client, url)) == "MISS"
 
 
-async def test_replicas_share_only_with_the_same_key_secret(
-    upstream, make_sidecar, client, redis_url, redis_namespace, monkeypatch
-):
+async def test_replicas_share_only_with_the_same_key_secret(upstream, make_sidecar, client, redis_url, redis_namespace):
     upstream.default = numbered()
-    monkeypatch.setenv("EGRESS_CACHE_KEY_SECRET", "first-secret")
-    one = await make_sidecar(policy(upstream, redis_url, redis_namespace))
-    monkeypatch.setenv("EGRESS_CACHE_KEY_SECRET", "other-secret")
-    other = await make_sidecar(policy(upstream, redis_url, redis_namespace))
-    monkeypatch.setenv("EGRESS_CACHE_KEY_SECRET", "first-secret")
-    same = await make_sidecar(policy(upstream, redis_url, redis_namespace))
+    text = policy(upstream, redis_url, redis_namespace)
+    one = await make_sidecar(text, {"EGRESS_CACHE_KEY_SECRET": "first-secret"})
+    other = await make_sidecar(text, {"EGRESS_CACHE_KEY_SECRET": "other-secret"})
+    same = await make_sidecar(text, {"EGRESS_CACHE_KEY_SECRET": "first-secret"})
     path = "/supabase/rest/v1/bot_profiles"
     assert [state(await call(client, sc.url + path)) for sc in (one, other, same)] == ["MISS", "MISS", "HIT"]
 

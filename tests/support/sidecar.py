@@ -6,7 +6,7 @@ import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from proxy.policy import parse_policy
+from proxy.policy import CACHE_KEY_SECRET_ENV, parse_policy
 from proxy.runtime import Runtime
 from proxy.server import Sidecar
 
@@ -42,7 +42,9 @@ def policy_text(body: str) -> str:
 
 
 async def start_sidecar(body: str, environ: Mapping[str, str] | None = None) -> RunningSidecar:
-    policy = parse_policy(policy_text(body), "test-policy.yaml", environ or {})
+    # A Redis cache needs a key secret (the loader refuses one without): the tests' unless they bring theirs.
+    policy = parse_policy(policy_text(body), "test-policy.yaml", {CACHE_KEY_SECRET_ENV: "test-key-secret"}
+                          if environ is None else environ)
     sidecar = Sidecar(policy)
     await sidecar.start()
     return RunningSidecar(sidecar)
