@@ -57,7 +57,8 @@ def _authorized(request: web.Request) -> bool:
     if not token:
         return True
     supplied = request.headers.get("Authorization", "")
-    return hmac.compare_digest(supplied.encode(), f"Bearer {token}".encode())
+    # aiohttp hands undecodable header bytes over as surrogates: back to the same bytes, never an error.
+    return hmac.compare_digest(supplied.encode("utf-8", "surrogateescape"), f"Bearer {token}".encode())
 
 
 def mutating(handler: Handler) -> Handler:

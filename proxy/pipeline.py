@@ -77,10 +77,13 @@ class Pipeline:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.metrics = runtime.metrics
+        self.active = 0  # requests in flight, for a graceful stop
+        self._drained: asyncio.Event | None = None
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         ex = Exchange(request_id(request.headers.get(REQUEST_ID)), request.method, time.monotonic())
         response: web.StreamResponse
+        self.active += 1
         try:
             ex.target = self.runtime.router.resolve(request.method, request.raw_path)
             response = await self._cached(request, ex, self.runtime.upstreams[ex.target.upstream.name])
@@ -91,7 +94,22 @@ class Pipeline:
             raise
         finally:
             self._account(request, ex)
+            self.active -= 1
+            if self.active == 0 and self._drained is not None:
+                self._drained.set()
         return response
+
+    async def drain(self, grace: float) -> bool:
+        """Wait until no request is in flight, `grace` seconds at most; whether none is left."""
+        if self.active == 0:
+            return True
+        self._drained = asyncio.Event()
+        try:
+            async with asyncio.timeout(grace):
+                await self._drained.wait()
+        except TimeoutError:
+            return False
+        return True
 
     # -- cache: HIT, single-flight, STALE, store, invalidate --------------------------------------------
 

@@ -4,6 +4,7 @@ module-level state."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -153,6 +154,10 @@ class Runtime:
                 await state.close()
         if successor.cache is not self.cache:
             await self.cache.close()
+        for name in self.breakers.keys() - successor.breakers.keys():
+            # A breaker the policy dropped: its last state must not be exported (and alerted on) forever.
+            with contextlib.suppress(KeyError):
+                self.metrics.breaker_state.remove(name)
 
     async def close(self) -> None:
         for state in self.upstreams.values():

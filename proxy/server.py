@@ -18,6 +18,8 @@ from proxy.runtime import Runtime
 
 log = logging.getLogger("egress.server")
 
+CANCEL_WAIT = 0.25  # seconds aiohttp gives a cancelled request to unwind, once the grace is over
+
 
 def _bound_port(runner: web.BaseRunner) -> int:
     return int(runner.addresses[0][1])
@@ -32,7 +34,7 @@ class Sidecar:
         self.runtime: Runtime | None = None
         self.pipeline: Pipeline | None = None
         self.admin_state: AdminState | None = None
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._retiring: dict[asyncio.Task[None], tuple[Runtime, Runtime]] = {}  # (old, new) pairs
         self._data_runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None
         self.data_port = 0
@@ -53,7 +55,8 @@ class Sidecar:
         # A caller that hangs up cancels its request: the upstream call stops and its slot frees up
         # (nginx's default too), instead of waiting out the read timeout for nobody.
         server = web.Server(self.pipeline, access_log=None, handler_cancellation=True)
-        self._data_runner = web.ServerRunner(server, shutdown_timeout=policy.shutdown_grace)
+        # The grace is the sidecar's to keep (see stop): aiohttp only cancels what outlasted it.
+        self._data_runner = web.ServerRunner(server, shutdown_timeout=CANCEL_WAIT)
         await self._data_runner.setup()
         await self._bind(self._data_runner, policy.listen, "listen")
         self.data_port = _bound_port(self._data_runner)
@@ -87,6 +90,10 @@ class Sidecar:
             log.error("policy reload refused, the running policy stays:\n%s", exc)
             self.runtime.metrics.reloads.labels("refused").inc()
             return ReloadResult(False, [str(p) for p in exc.problems], [])
+        except Exception as exc:  # a loader bug must not take the running policy (or the admin port) with it
+            log.exception("policy reload failed, the running policy stays")
+            self.runtime.metrics.reloads.labels("refused").inc()
+            return ReloadResult(False, [f"{self.policy.source}: {type(exc).__name__}: {exc}"], [])
         notes = _restart_only_changes(self.policy, policy)
         for note in notes:
             log.warning("policy reload: %s", note)
@@ -96,8 +103,8 @@ class Sidecar:
         self.runtime = self.pipeline.runtime = self.admin_state.runtime = new
         self.policy = policy
         task = asyncio.create_task(self._retire(old, new, policy.shutdown_grace))
-        self._retiring.add(task)
-        task.add_done_callback(self._retiring.discard)
+        self._retiring[task] = (old, new)
+        task.add_done_callback(self._retiring.pop)
         new.metrics.reloads.labels("applied").inc()
         log.info("policy reloaded from %s: %d upstreams", policy.source, len(policy.upstreams))
         return ReloadResult(True, [], notes)
@@ -108,17 +115,28 @@ class Sidecar:
         await old.retire(new)
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight requests finish within `shutdown_grace`, then close upstream pools."""
+        """Stop accepting, let in-flight requests finish within `shutdown_grace` (the running policy's, reloaded
+        or not), cancel what is left, then close upstream pools, those of runtimes still to retire included."""
         if self.admin_state is not None:
             self.admin_state.ready = False
         if self._data_runner is not None:
-            await self._data_runner.cleanup()
-            self._data_runner = None
+            runner, self._data_runner = self._data_runner, None
+            for site in list(runner.sites):
+                await site.stop()  # no new connections
+            if runner.server is not None:
+                runner.server.pre_shutdown()  # no new requests on kept-alive ones
+            if self.pipeline is not None and not await self.pipeline.drain(self.policy.shutdown_grace):
+                log.warning("shutdown grace (%gs) is over: cancelling %d requests in flight",
+                            self.policy.shutdown_grace, self.pipeline.active)
+            await runner.cleanup()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
             self._admin_runner = None
-        for task in list(self._retiring):
+        retiring = list(self._retiring.items())
+        for task, _ in retiring:
             task.cancel()
+        for _, (old, new) in retiring:
+            await old.retire(new)
         if self.runtime is not None:
             await self.runtime.close()
             self.runtime = None
@@ -151,7 +169,8 @@ async def serve(policy: Policy) -> None:
     loop.add_signal_handler(signal.SIGHUP, reload)
     try:
         await stop.wait()
-        log.info("stopping: no new connections, waiting up to %.0fs for in-flight requests", policy.shutdown_grace)
+        log.info("stopping: no new connections, waiting up to %gs for in-flight requests",
+                 sidecar.policy.shutdown_grace)
     finally:
         await sidecar.stop()
         log.info("stopped")

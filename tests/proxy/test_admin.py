@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 
@@ -140,3 +141,15 @@ async def test_admin_port_in_use_is_a_policy_error_naming_the_line(upstream):
         sidecar = Sidecar(parse_policy(text, "p.yaml", {}))
         with pytest.raises(PolicyError, match=r"p.yaml:2: admin: cannot listen on .*address already in use"):
             await sidecar.start()
+
+
+async def test_an_undecodable_authorization_header_is_401_not_500(upstream, make_sidecar):
+    admin = "admin: {listen: 127.0.0.1:0, token: admintoken}"
+    sc = await make_sidecar(policy(upstream, admin), {"GEMINI_API_KEY": "k"})
+    reader, writer = await asyncio.open_connection("127.0.0.1", sc.sidecar.admin_port)
+    writer.write(b"POST /breakers/gemini/open HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xe9\r\n"
+                 b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:80]
+    assert sc.runtime.breakers["gemini"].state == "closed"

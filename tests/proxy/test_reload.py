@@ -12,10 +12,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from proxy.policy import Policy, parse_policy
+from proxy.policy import Policy, load_policy, parse_policy
 from proxy.server import Sidecar
 from tests.support.sidecar import RunningSidecar, policy_text
-from tests.support.upstream import FaultyUpstream, echo, free_port, respond
+from tests.support.upstream import FaultyUpstream, delay, echo, free_port, hang, respond
 
 
 class Reloadable(RunningSidecar):
@@ -211,3 +211,82 @@ upstreams:
     async with client.get(r.url + "/supabase/rest/v1/bot_profiles") as resp:
         assert resp.headers["X-Egress-Cache"] == "MISS"
         assert await resp.read() == b"prod"
+
+
+# -- reload and stop: found in review --------------------------------------------------------------------
+
+
+async def test_a_reload_of_a_file_that_is_not_utf8_is_refused_and_counted(tmp_path, upstream, client):
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy_text(policy(upstream.url, "v1")))
+    running = RunningSidecar(Sidecar(load_policy(path, {}), loader=lambda: load_policy(path, {})))
+    await running.sidecar.start()
+    try:
+        path.write_bytes(path.read_bytes().replace(b'"v1"', b'"caf\xe9"'))
+        async with client.post(running.admin + "/reload") as resp:
+            assert resp.status == 400  # was a 500: UnicodeDecodeError escaped the reload
+            assert "not UTF-8" in (await resp.json())["problems"][0]
+        async with client.get(running.admin + "/metrics") as resp:
+            assert 'egress_policy_reloads_total{result="refused"} 1.0' in await resp.text()
+    finally:
+        await running.sidecar.stop()
+
+
+async def test_a_breaker_the_policy_dropped_is_no_longer_exported(make_upstream, reloadable, client):
+    a, b = await make_upstream(), await make_upstream()
+    r = await start(reloadable, "shutdown_grace: 100ms\n" + policy(a.url, "v1"))
+    async with client.post(r.admin + "/breakers/gemini/open") as resp:
+        assert resp.status == 200
+    r.text = "shutdown_grace: 100ms\n" + policy(b.url, "v2").replace("gemini:", "supabase:")
+    assert (await r.sidecar.reload()).applied
+    await asyncio.sleep(0.3)  # the old runtime is retired after the grace
+    async with client.get(r.admin + "/metrics") as resp:
+        text = await resp.text()
+    assert 'egress_breaker_state{breaker="gemini"}' not in text  # else "open" forever, and its alert with it
+    assert 'egress_breaker_state{breaker="supabase"} 0.0' in text
+
+
+async def test_stop_closes_the_pools_of_a_runtime_still_to_be_retired(make_upstream, reloadable):
+    a, b = await make_upstream(), await make_upstream()
+    r = await start(reloadable, "shutdown_grace: 30s\n" + policy(a.url, "v1"))
+    old_session = r.runtime.upstreams["gemini"].forwarder.session
+    r.text = "shutdown_grace: 30s\n" + policy(b.url, "v1")  # re-pointed: its old pool retires in 30 s
+    assert (await r.sidecar.reload()).applied
+    await r.sidecar.stop()
+    assert old_session.closed
+
+
+async def raw_get(port: int, path: str) -> bytes:
+    """HTTP/1.1 on a plain socket: no client-side replay hides what happened to the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+    answer = await reader.read()
+    writer.close()
+    return answer
+
+
+async def test_stop_keeps_the_reloaded_shutdown_grace(upstream, reloadable):
+    upstream.default = delay(1.5, respond(200, b"done"))
+    r = await start(reloadable, "shutdown_grace: 300ms\n" + policy(upstream.url, "v1"))
+    r.text = "shutdown_grace: 5s\n" + policy(upstream.url, "v1")
+    assert (await r.sidecar.reload()).applied
+    call = asyncio.create_task(raw_get(r.sidecar.data_port, "/gemini/x"))
+    await asyncio.sleep(0.2)
+    await r.sidecar.stop()
+    answer = await call
+    assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"done"), answer  # was cut at 300 ms
+
+
+async def test_stop_ends_within_the_grace_not_twice_it(upstream, reloadable, client):
+    upstream.default = hang()
+    r = await start(reloadable, "shutdown_grace: 1s\n" + policy(upstream.url, "v1", "    timeouts: {read: 60s}"))
+    call = asyncio.create_task(raw_get(r.sidecar.data_port, "/gemini/x"))
+    await asyncio.sleep(0.3)
+    started = asyncio.get_running_loop().time()
+    stopping = asyncio.create_task(r.sidecar.stop())
+    await asyncio.sleep(0.3)
+    async with client.get(r.admin + "/ready") as resp:
+        assert resp.status == 503
+    await stopping
+    assert asyncio.get_running_loop().time() - started < 1.6  # aiohttp alone waited the grace twice
+    await call
