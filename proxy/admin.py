@@ -56,9 +56,12 @@ def _authorized(request: web.Request) -> bool:
     token = _state(request).runtime.policy.admin.token
     if not token:
         return True
-    supplied = request.headers.get("Authorization", "")
-    # aiohttp hands undecodable header bytes over as surrogates: back to the same bytes, never an error.
-    return hmac.compare_digest(supplied.encode("utf-8", "surrogateescape"), f"Bearer {token}".encode())
+    scheme, _, supplied = request.headers.get("Authorization", "").partition(" ")
+    # The scheme is case-insensitive (RFC 9110 §11.1). aiohttp hands undecodable header bytes over as
+    # surrogates: back to the same bytes, never an error.
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        supplied.strip().encode("utf-8", "surrogateescape"), token.encode()
+    )
 
 
 def mutating(handler: Handler) -> Handler:

@@ -35,6 +35,8 @@ class Sidecar:
         self.pipeline: Pipeline | None = None
         self.admin_state: AdminState | None = None
         self._retiring: dict[asyncio.Task[None], tuple[Runtime, Runtime]] = {}  # (old, new) pairs
+        self._reloading = asyncio.Lock()
+        self._bound = policy  # the policy whose addresses are bound: those change on restart only
         self._data_runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None
         self.data_port = 0
@@ -82,6 +84,10 @@ class Sidecar:
         """Re-read the policy file. A bad file changes nothing: the running policy stays, every error is logged
         and returned. A good one takes effect for the next request; breakers, pools, throttle clocks and the
         cache carry over; what the new policy dropped is closed once in-flight requests had `shutdown_grace`."""
+        async with self._reloading:  # one at a time: two would both succeed the same runtime, orphaning one
+            return await self._reload()
+
+    async def _reload(self) -> ReloadResult:
         if self.runtime is None or self.pipeline is None or self.admin_state is None:
             return ReloadResult(False, ["the sidecar is not running"], [])
         try:
@@ -94,7 +100,7 @@ class Sidecar:
             log.exception("policy reload failed, the running policy stays")
             self.runtime.metrics.reloads.labels("refused").inc()
             return ReloadResult(False, [f"{self.policy.source}: {type(exc).__name__}: {exc}"], [])
-        notes = _restart_only_changes(self.policy, policy)
+        notes = _restart_only_changes(self._bound, policy)
         for note in notes:
             log.warning("policy reload: %s", note)
         old, new = self.runtime, self.runtime.successor(policy)
@@ -142,12 +148,13 @@ class Sidecar:
             self.runtime = None
 
 
-def _restart_only_changes(old: Policy, new: Policy) -> list[str]:
+def _restart_only_changes(bound: Policy, new: Policy) -> list[str]:
+    """What `new` asks for that only a restart gives, compared with what is bound now (not the last reload's)."""
     notes = []
-    if old.listen != new.listen:
-        notes.append(f"listen changed ({old.listen} -> {new.listen}): takes effect on restart")
-    if old.admin.listen != new.admin.listen:
-        notes.append(f"admin changed ({old.admin.listen} -> {new.admin.listen}): takes effect on restart")
+    if bound.listen != new.listen:
+        notes.append(f"listen changed ({bound.listen} -> {new.listen}): takes effect on restart")
+    if bound.admin.listen != new.admin.listen:
+        notes.append(f"admin changed ({bound.admin.listen} -> {new.admin.listen}): takes effect on restart")
     return notes
 
 

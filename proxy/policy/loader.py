@@ -13,6 +13,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
+import yaml
 from yarl import URL
 
 from proxy.policy.model import (
@@ -399,6 +400,8 @@ def _route(upstream: str, node: Located, inherited: Inherited) -> Route | None:
         return None
     name = entries["name"].read(_route_name)
     matched = entries["match"].read(_match)
+    _refuse_key(entries.get("retry"), "budget", "the retry budget is per upstream: set it on the upstream or in "
+                "defaults (a route's would be ignored)")
     own = inherited.apply(entries)
     idempotent = entries["idempotent"].read(lambda n: n.boolean()) if "idempotent" in entries else False
     cache = entries["cache"].read(_route_cache) if "cache" in entries else None
@@ -409,6 +412,14 @@ def _route(upstream: str, node: Located, inherited: Inherited) -> Route | None:
         upstream, name, method, glob, own, own_breaker="breaker" in entries,
         idempotent=bool(idempotent), cache=cache,
     )
+
+
+def _refuse_key(node: Located | None, key: str, why: str) -> None:
+    """Report `key` where it is allowed elsewhere (so the shared reader takes it) but means nothing here."""
+    if node is not None and isinstance(node.node, yaml.MappingNode):
+        for key_node, _ in node.node.value:
+            if key_node.value == key:
+                Located(key_node, node.child_path(key), node.ctx).report(why)
 
 
 def _route_name(node: Located) -> str:

@@ -729,3 +729,10 @@ def test_a_policy_file_that_is_not_utf8_is_an_error_at_its_line(tmp_path: Path) 
         load_policy(path, {})
     at = data.index(b"\xe9")
     assert str(caught.value) == f"{path}:4: the policy file is not UTF-8 (byte {at})"
+
+
+def test_a_routes_retry_budget_is_refused_it_is_per_upstream() -> None:
+    route = "      - name: r\n        match: GET /x\n        retry: {attempts: 2, budget: {ratio: 0.5}}\n"
+    text = UPSTREAM + "    routes:\n" + route
+    found = problem(text)
+    assert found.startswith(f"{FILE}:7: upstreams.g.routes[0].retry.budget: the retry budget is per upstream"), found

@@ -153,3 +153,13 @@ async def test_an_undecodable_authorization_header_is_401_not_500(upstream, make
     writer.close()
     assert answer.startswith(b"HTTP/1.1 401"), answer[:80]
     assert sc.runtime.breakers["gemini"].state == "closed"
+
+
+async def test_the_bearer_scheme_is_case_insensitive(upstream, make_sidecar, client):
+    admin = "admin: {listen: 127.0.0.1:0, token: admintoken}"
+    sc = await make_sidecar(policy(upstream, admin), {"GEMINI_API_KEY": "k"})
+    url = sc.admin + "/breakers/gemini/"
+    async with client.post(url + "open", headers={"Authorization": "bearer admintoken"}) as resp:
+        assert resp.status == 200
+    async with client.post(url + "close", headers={"Authorization": "Bearer admintokenx"}) as resp:
+        assert resp.status == 401

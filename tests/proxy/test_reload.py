@@ -17,6 +17,8 @@ from proxy.server import Sidecar
 from tests.support.sidecar import RunningSidecar, policy_text
 from tests.support.upstream import FaultyUpstream, delay, echo, free_port, hang, respond
 
+SECRET = {"EGRESS_CACHE_KEY_SECRET": "reload-test"}  # for policies with a Redis cache
+
 
 class Reloadable(RunningSidecar):
     """A sidecar whose policy file is a string the test rewrites."""
@@ -26,7 +28,7 @@ class Reloadable(RunningSidecar):
         super().__init__(Sidecar(self.load(), loader=self.load))
 
     def load(self) -> Policy:
-        return parse_policy(policy_text(self.text), "reload.yaml", {})
+        return parse_policy(policy_text(self.text), "reload.yaml", SECRET)
 
 
 @pytest.fixture
@@ -290,3 +292,31 @@ async def test_stop_ends_within_the_grace_not_twice_it(upstream, reloadable, cli
     await stopping
     assert asyncio.get_running_loop().time() - started < 1.6  # aiohttp alone waited the grace twice
     await call
+
+
+async def test_concurrent_reloads_apply_one_after_the_other(upstream, redis_url, redis_namespace):
+    # A Redis cache's warm-up yields mid-reload: a second reload then started from the same runtime as the
+    # first, and the first's new pools and cache were never retired.
+    def text(version: str) -> str:
+        cache = f"cache: {{backend: redis, redis_url: '{redis_url}', namespace: '{redis_namespace}-{version}'}}\n"
+        return policy_text(cache + policy(upstream.url, version))
+
+    texts = [text("v2"), text("v3")]
+    sidecar = Sidecar(parse_policy(policy_text(policy(upstream.url, "v1")), "reload.yaml", {}),
+                      loader=lambda: parse_policy(texts.pop(0), "reload.yaml", SECRET))
+    await sidecar.start()
+    try:
+        first, second = await asyncio.gather(sidecar.reload(), sidecar.reload())
+        assert first.applied and second.applied
+        [(_, after_first), (before_second, _)] = sidecar._retiring.values()
+        assert before_second is after_first
+    finally:
+        await sidecar.stop()
+
+
+async def test_an_address_change_is_noted_on_every_reload_until_a_restart(upstream, reloadable):
+    r = await start(reloadable, policy(upstream.url, "v1"))
+    r.text = f"listen: 127.0.0.1:{free_port()}\n" + policy(upstream.url, "v1")
+    for _ in range(2):  # the second reload compared with the first's unapplied address, and said nothing
+        result = await r.sidecar.reload()
+        assert result.applied and [n for n in result.notes if n.startswith("listen changed")], result.notes
