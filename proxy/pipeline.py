@@ -41,6 +41,7 @@ from proxy.respond import Delivery, entry_response, error_response, send_answer
 from proxy.retry import IDEMPOTENCY_KEY, Answer, Outcome, RetryContext, RetryLoop, breaker_failure, is_idempotent
 from proxy.routing import Target
 from proxy.runtime import Runtime, UpstreamState
+from proxy.throttle import throttle_delay
 
 ATTEMPTS_HEADER = "X-Egress-Attempts"
 
@@ -146,7 +147,7 @@ class Pipeline:
         cache = self.runtime.cache
         if isinstance(outcome, EgressError):
             raise outcome
-        if outcome.status >= 500 and (stale := cache.fallback(lookup, outcome.status)) is not None:
+        if (stale := cache.fallback(lookup, _failure_status(outcome, ex))) is not None:
             await outcome.discard(deadline)
             return self._from_cache(request, ex, lookup, stale)
         prefix = b""
@@ -357,6 +358,17 @@ class Pipeline:
                 "cache": ex.cache,
             }
         )
+
+
+def _failure_status(answer: Answer, ex: Exchange) -> int:
+    """The answer's status as the cache's stale-if-error sees it: 429 for one a throttle rule recognises (a
+    WhatsApp 400 with code 130429 is a throttled request, not a bad one)."""
+    assert ex.target is not None
+    status, rules = answer.status, ex.target.upstream.throttle
+    if status >= 500 or status == 429 or not rules:
+        return status
+    throttled = throttle_delay(rules, status, answer.response.headers.get("Retry-After"), answer.body) is not None
+    return 429 if throttled else status
 
 
 def _deadline(request: web.BaseRequest, route: Route) -> Deadline:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from proxy.deadline import Deadline
 from proxy.errors import EgressError, Throttled, UpstreamTimeout
 from proxy.logs import redact_target
 from proxy.metrics import Metrics
-from proxy.policy import CacheSettings, RouteCache
+from proxy.policy import CacheSettings, RouteCache, Upstream
 from proxy.routing import Target
 
 __all__ = ["CACHE_HEADER", "Entry", "Lookup", "ReadPlan", "ResponseCache", "WritePlan"]
@@ -108,6 +109,7 @@ class ResponseCache:
         self._flights: SingleFlight[Shared] = SingleFlight()
         self._counters: dict[tuple[str, str, str], Any] = {}  # metric children, looked up once
         self._decoded: collections.OrderedDict[str, tuple[bytes, Entry]] = collections.OrderedDict()
+        self._origins: dict[str, tuple[Upstream, str]] = {}
 
     @classmethod
     def open(cls, settings: CacheSettings, metrics: Metrics) -> ResponseCache:
@@ -131,12 +133,22 @@ class ResponseCache:
         if method in CACHEABLE_METHODS and route.cache is not None:
             identity = header_values(headers, route.cache.vary)
             key = self.keys.request(
-                target.upstream.name, route.name, method, target.path, target.query, identity, str(target.upstream.url)
+                target.upstream.name, route.name, method, target.path, target.query, identity, self._origin(target)
             )
             return ReadPlan(key, route.cache, request_mode(headers), headers, method, target)
         if method in WRITE_METHODS and _invalidated_by_writes(target):
             return WritePlan(target.upstream.name, target.path, f"{target.upstream.name} {target.path}")
         return None
+
+    def _origin(self, target: Target) -> str:
+        """Who answers, and as whom: the upstream's URL and the headers the sidecar injects (its credentials).
+        A reload that re-points an upstream or rotates its key (service role -> anon) must not serve what was
+        answered before; the values only ever enter the keyed hash."""
+        upstream = target.upstream
+        found = self._origins.get(upstream.name)
+        if found is None or found[0] is not upstream:
+            found = self._origins[upstream.name] = (upstream, f"{upstream.url}\0{json.dumps(upstream.headers)}")
+        return found[1]
 
     # -- reads ------------------------------------------------------------------------------------------
 
@@ -186,7 +198,13 @@ class ResponseCache:
             lookup.failed = UpstreamTimeout("total", deadline.budget, upstream=lookup.plan.key.upstream)
             return
         if shared is not None and shared.error is not None:
-            lookup.failed = shared.error
+            # The leader's key leaves out what its upstream's Vary names: this request may hold a fresh (or
+            # stale) entry of its own, which beats the leader's failure.
+            await self._find(lookup)
+            if lookup.ready is None and (stale := self.fallback(lookup, shared.error)) is not None:
+                lookup.ready = stale
+            if lookup.ready is None:
+                lookup.failed = shared.error
         elif shared is not None and shared.entry is not None and shared.vary == self._vary(lookup, shared.entry):
             lookup.ready = shared.entry
             lookup.result = shared.result
@@ -256,8 +274,9 @@ class ResponseCache:
             log.info("Cache SET %s (ttl=%gs)", plan, rule.ttl)
 
     def fallback(self, lookup: Lookup, failure: EgressError | int) -> Entry | None:
-        """The upstream failed (an error, or a 5xx status): the stale entry to serve instead, if any."""
-        eligible = failure >= 500 if isinstance(failure, int) else failure.reason in STALE_ON
+        """The upstream failed (an error, a 5xx, or a throttled answer: pass 429 for one a throttle rule
+        recognised): the stale entry to serve instead, if any."""
+        eligible = (failure >= 500 or failure == 429) if isinstance(failure, int) else failure.reason in STALE_ON
         # Judged now, not at lookup: retries and waits may have carried the entry past its stale_if_error.
         entry = lookup.stale if eligible and lookup.stale is not None and lookup.stale.is_usable_stale() else None
         if entry is None:
@@ -294,6 +313,7 @@ class ResponseCache:
         log.info("Cache INVALIDATE %s (after %s)", plan.label, why)
 
     async def purge(self, upstream: str, route: str | None = None) -> bool:
+        self._flights.forget()  # as for a write: a read issued after the purge must not join a fetch from before
         key = self.keys.route_generation(upstream, route) if route else self.keys.upstream_generation(upstream)
         purged = await self.storage.incr(key) is not None
         log.info("Cache PURGE %s%s%s", upstream, f" route={route}" if route else "", "" if purged else " failed")

@@ -34,6 +34,7 @@ from multidict import CIMultiDictProxy
 from proxy.policy import CacheSettings
 
 PATH_MEMO = 4096
+MARKER_PREFIX = "vary:"  # the key of the header names an upstream's Vary listed for one request
 
 
 def key_secret(settings: CacheSettings) -> bytes:
@@ -104,7 +105,7 @@ class KeyMaker:
                 self.route_generation(upstream, route),
                 self.path_generation(upstream, path),
             ),
-            marker=f"vary:{upstream}:{base}",
+            marker=f"{MARKER_PREFIX}{upstream}:{base}",
         )
 
     def entry(self, key: RequestKey, generations: Sequence[int], vary: str) -> str:

@@ -15,10 +15,14 @@ from aiocache import SimpleMemoryCache
 
 
 class LruLedger(MutableMapping[str, bytes]):
-    """Byte values in least-recently-used order (oldest first), with their total size."""
+    """Byte values in least-recently-used order (oldest first), with the number and total size of those that
+    count: keys starting with `uncounted` (bookkeeping that rides along with a value) are kept, and evicted in
+    their turn, without taking a value's place."""
 
-    def __init__(self) -> None:
+    def __init__(self, uncounted: str = "\0") -> None:
         self._values: collections.OrderedDict[str, bytes] = collections.OrderedDict()
+        self._uncounted = uncounted
+        self.entries = 0
         self.bytes = 0
 
     def __getitem__(self, key: str) -> bytes:
@@ -27,12 +31,17 @@ class LruLedger(MutableMapping[str, bytes]):
     def __setitem__(self, key: str, value: bytes) -> None:
         old = self._values.pop(key, None)  # a rewrite is a use: the key moves to the young end
         if old is not None:
-            self.bytes -= len(old)
+            self._count(key, old, -1)
         self._values[key] = value
-        self.bytes += len(value)
+        self._count(key, value, 1)
 
     def __delitem__(self, key: str) -> None:
-        self.bytes -= len(self._values.pop(key))
+        self._count(key, self._values.pop(key), -1)
+
+    def _count(self, key: str, value: bytes, sign: int) -> None:
+        if not key.startswith(self._uncounted):
+            self.entries += sign
+            self.bytes += sign * len(value)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._values)
@@ -51,11 +60,11 @@ class BoundedMemoryCache(SimpleMemoryCache):  # type: ignore[misc]  # aiocache s
     """Counters (the generations `increment` keeps) live apart and are never evicted nor expired:
     losing one would make the entries it invalidated reachable again."""
 
-    def __init__(self, max_entries: int, max_bytes: int, **kwargs: Any) -> None:
+    def __init__(self, max_entries: int, max_bytes: int, uncounted: str = "\0", **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.max_entries = max_entries
         self.max_bytes = max_bytes
-        self._cache = self.ledger = LruLedger()
+        self._cache = self.ledger = LruLedger(uncounted)
         self._counters: dict[str, int] = {}
 
     def peek(self, key: str) -> bytes | int | None:
@@ -75,6 +84,10 @@ class BoundedMemoryCache(SimpleMemoryCache):  # type: ignore[misc]  # aiocache s
 
     async def _set(self, key: str, value: bytes, ttl: float | None = None, _cas_token: Any = None,
                    _conn: Any = None) -> bool:
+        if len(value) > self.max_bytes:  # would evict every other value, then itself
+            if key in self.ledger:
+                await self._delete(key)  # nor may an older value stay under its key
+            return False
         stored = await super()._set(key, value, ttl=ttl, _cas_token=_cas_token, _conn=_conn)
         await self._evict()
         return bool(stored)
@@ -85,5 +98,5 @@ class BoundedMemoryCache(SimpleMemoryCache):  # type: ignore[misc]  # aiocache s
 
     async def _evict(self) -> None:
         ledger = self.ledger
-        while ledger and (len(ledger) > self.max_entries or ledger.bytes > self.max_bytes):
+        while ledger and (ledger.entries > self.max_entries or ledger.bytes > self.max_bytes):
             await self._delete(ledger.oldest())  # aiocache's delete also cancels the key's TTL timer

@@ -1,15 +1,18 @@
 """The cache backend (aiocache's memory or Redis cache) behind a guard: a slow or broken backend costs a
-request at most one `op_timeout`, never an error.
+request at most one `op_timeout` per operation, never an error.
 
 Every operation runs under aiocache's own per-call timeout. A failure is counted in
-`egress_cache_errors_total{backend}`, logged at most once per `WARN_EVERY`, and leaves the backend alone for
-`REST_AFTER_FAILURE`, so a dead Redis costs one op_timeout per second rather than one per operation, and
-the requests in between pass through uncached without waiting. Recovery needs nothing: redis-py drops a
-connection whose command failed or was cancelled and dials a new one on the next use.
+`egress_cache_errors_total{backend}`, logged at most once per `WARN_EVERY`, and takes the backend out of
+the requests' path: they pass through uncached without waiting, while a background task pings it every
+`REST_AFTER_FAILURE` (with `WARM_UP_TIMEOUT`) until it answers. The dial happens there, off any request's
+clock: a cold one (TCP, TLS, AUTH, CLIENT SETINFO) can take longer than `op_timeout`, which would cancel it
+on every request and keep the cache down for good.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 import urllib.parse
@@ -20,6 +23,7 @@ from aiocache import RedisCache
 from aiocache.serializers import NullSerializer
 from prometheus_client import Counter
 
+from proxy.cache.keys import MARKER_PREFIX
 from proxy.cache.memory import BoundedMemoryCache
 from proxy.metrics import Metrics
 from proxy.policy import CacheSettings
@@ -50,7 +54,7 @@ class Store:
         self.backend = backend  # an aiocache BaseCache
         self.name = name
         self._errors = errors.labels(name)
-        self._resting_until = 0.0
+        self._recovery: asyncio.Task[None] | None = None  # set while the backend is out of the requests' path
         self._warned_at = float("-inf")
         # In-process reads cannot fail or wait: they skip aiocache's per-call layers (timeout, plugins, hooks),
         # which cost more than the read itself. Writes still go through aiocache (TTL timers, eviction).
@@ -82,28 +86,47 @@ class Store:
         return int(value) if value is not None else None
 
     async def warm_up(self) -> bool:
-        """Open a connection before the first request needs one: a cold dial (TCP, AUTH, CLIENT SETINFO) can
-        take longer than `op_timeout`, and the first request would then rest the cache for a second."""
+        """Open a connection before the first request needs one (see the module's docstring)."""
+        return bool(await self._guarded("ping", self._ping))
+
+    async def _ping(self) -> bool:
         if self.name != "redis":
             return True
-        return bool(await self._guarded("ping", lambda: self.backend.raw("ping", timeout=WARM_UP_TIMEOUT)))
+        return bool(await self.backend.raw("ping", timeout=WARM_UP_TIMEOUT))
 
     async def close(self) -> None:
-        await self._guarded("close", lambda: self.backend.close())
+        if self._recovery is not None:
+            self._recovery.cancel()
+        with contextlib.suppress(Exception):  # even while down: its connections must go
+            await self.backend.close()
 
     async def _guarded(self, op: str, call: Callable[[], Awaitable[T]]) -> T | None:
-        now = time.monotonic()
-        if now < self._resting_until:
-            return None
+        if self._recovery is not None:
+            return None  # down: pass through uncached until a ping gets through
         try:
             return await call()
         except Exception as exc:  # whatever the backend does wrong, the request goes on uncached
-            self._failed(op, exc, now)
+            self._failed(op, exc)
             return None
 
-    def _failed(self, op: str, exc: Exception, now: float) -> None:
+    async def _recover(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(REST_AFTER_FAILURE)
+                try:
+                    if await self._ping():
+                        log.info("Cache backend %s is back", self.name)
+                        return
+                except Exception as exc:
+                    self._failed("ping", exc)
+        finally:
+            self._recovery = None
+
+    def _failed(self, op: str, exc: Exception) -> None:
         self._errors.inc()
-        self._resting_until = now + REST_AFTER_FAILURE
+        if self._recovery is None:
+            self._recovery = asyncio.get_running_loop().create_task(self._recover())
+        now = time.monotonic()
         if now - self._warned_at >= WARN_EVERY:
             self._warned_at = now
             reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
@@ -117,8 +140,9 @@ def open_store(settings: CacheSettings, metrics: Metrics) -> Store:
     if settings.backend == "redis":
         return Store(_redis(settings), "redis", metrics.cache_errors)
     # No per-call timeout in process: these calls never wait, and aiocache's would cost a task per call.
-    memory = BoundedMemoryCache(settings.max_entries, settings.max_bytes, timeout=None)
-    metrics.cache_entries.set_function(lambda: len(memory.ledger))
+    # Vary markers ride along with their entries: they must not take an entry's place nor count as one.
+    memory = BoundedMemoryCache(settings.max_entries, settings.max_bytes, uncounted=MARKER_PREFIX, timeout=None)
+    metrics.cache_entries.set_function(lambda: memory.ledger.entries)
     metrics.cache_bytes.set_function(lambda: memory.ledger.bytes)
     return Store(memory, "memory", metrics.cache_errors)
 

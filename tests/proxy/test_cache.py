@@ -11,7 +11,10 @@ import aiohttp
 import pytest
 from multidict import CIMultiDictProxy
 
-from tests.support.upstream import FaultyUpstream, big_body, delay, hang, numbered, respond, stream
+from proxy.policy import Policy, parse_policy
+from proxy.server import Sidecar
+from tests.support.sidecar import policy_text
+from tests.support.upstream import FaultyUpstream, big_body, delay, echo, hang, numbered, respond, stream
 
 TOKEN_A = "Bearer token-of-user-a"
 TOKEN_B = "Bearer token-of-user-b"
@@ -536,3 +539,92 @@ async def test_results_are_counted_and_logged_in_the_access_log(upstream, make_s
     assert registry.get_sample_value("egress_cache_requests_total", {**labels, "result": "MISS"}) == 1
     assert registry.get_sample_value("egress_cache_requests_total", {**labels, "result": "HIT"}) == 2
     assert sum("cache=HIT" in r.getMessage() for r in caplog.records) == 2
+
+
+# -- found in review: bounds, Vary, credentials, throttling, purges ----------------------------------------
+
+
+async def test_one_answer_larger_than_max_bytes_is_not_stored_and_evicts_nothing(upstream, make_sidecar, client):
+    sc = await make_sidecar(policy(upstream, settings="max_bytes: 4KiB"))
+    base = sc.url + "/supabase/rest/v1/bot_profiles"
+    upstream.default = numbered()
+    for query in ("a", "b", "c"):
+        assert state(await call(client, f"{base}?{query}")) == "MISS"
+    upstream.script(big_body(8192))
+    assert len((await call(client, f"{base}?big"))[2]) == 8192  # it went through, it was not kept
+    assert [state(await call(client, f"{base}?{q}")) for q in ("a", "b", "c", "big")] == ["HIT", "HIT", "HIT", "MISS"]
+
+
+async def test_vary_markers_do_not_take_an_entrys_place(upstream, make_sidecar, client):
+    upstream.default = numbered(headers={"Vary": "Accept-Encoding"})
+    sc = await make_sidecar(policy(upstream, settings="max_entries: 2"))
+    base = sc.url + "/supabase/rest/v1/bot_profiles"
+    await call(client, f"{base}?a")
+    await call(client, f"{base}?b")
+    assert [state(await call(client, f"{base}?{q}")) for q in ("b", "a")] == ["HIT", "HIT"]
+    async with client.get(sc.admin + "/metrics") as resp:
+        assert "egress_cache_entries 2.0" in await resp.text()
+
+
+async def test_a_follower_with_a_fresh_entry_of_its_own_is_not_handed_the_leaders_failure(
+    upstream, make_sidecar, client
+):
+    # The single-flight key leaves out what the upstream's Vary names: fr follows en's fetch. When that fails,
+    # fr's own fresh entry answers. (It still waits for en's fetch: Redis lookups are shared by that key.)
+    upstream.default = numbered(headers={"Vary": "Accept-Language"})
+    sc = await make_sidecar(policy(upstream, timeouts="{read: 500ms}"))
+    url = sc.url + "/supabase/rest/v1/bot_profiles"
+    french = {"Accept-Language": "fr"}
+    assert [state(await call(client, url, headers=french)) for _ in range(2)] == ["MISS", "HIT"]
+    upstream.script(hang())
+    leader = asyncio.create_task(call(client, url, headers={"Accept-Language": "en"}))
+    await asyncio.sleep(0.1)
+    follower = await call(client, url, headers=french)
+    assert (await leader)[0] == 504
+    assert (follower[0], follower[2], state(follower)) == (200, b"1", "HIT")
+
+
+async def test_an_answer_to_a_throttled_upstream_is_replaced_by_a_stale_entry(upstream, make_sidecar, client):
+    upstream.script(numbered(), respond(429, b"slow down", {"Retry-After": "30"}))
+    sc = await make_sidecar(policy(upstream, STALE_RULE))
+    url = sc.url + "/supabase/rest/v1/bot_profiles"
+    await expired_entry(client, url)
+    reply = await call(client, url)
+    assert (reply[0], reply[2], state(reply)) == (200, b"1", "STALE")
+
+
+async def test_a_read_after_a_purge_does_not_join_a_fetch_begun_before_it(upstream, make_sidecar, client):
+    upstream.default = delay(0.5, numbered())
+    sc = await make_sidecar(policy(upstream))
+    url = sc.url + "/supabase/rest/v1/bot_profiles"
+    before = asyncio.create_task(call(client, url))
+    await asyncio.sleep(0.1)
+    async with client.delete(sc.admin + "/cache?upstream=supabase") as resp:
+        assert resp.status == 200
+    after = await call(client, url)
+    await before
+    assert (after[2], state(after)) == (b"2", "MISS")
+
+
+async def test_new_injected_credentials_do_not_see_what_the_old_ones_fetched(upstream, client):
+    # A reload that rotates the key the sidecar injects (service role -> anon) keeps the cache: the answers
+    # fetched as the service role must not be served to the anon key's requests.
+    injected = {"apikey": "service-role-key"}
+
+    def load() -> Policy:
+        headers = f'headers: {{apikey: "{injected["apikey"]}"}}'
+        text = policy(upstream).replace("retry: {attempts: 1}", "retry: {attempts: 1}\n        " + headers)
+        return parse_policy(policy_text(text), "test-policy.yaml", {})
+
+    upstream.default = echo()
+    sidecar = Sidecar(load(), loader=load)
+    await sidecar.start()
+    try:
+        url = f"http://127.0.0.1:{sidecar.data_port}/supabase/rest/v1/bot_profiles"
+        assert b"service-role-key" in (await call(client, url))[2]
+        injected["apikey"] = "anon-key"
+        assert (await sidecar.reload()).applied
+        after = await call(client, url)
+        assert (state(after), b"service-role-key" in after[2]) == ("MISS", False)
+    finally:
+        await sidecar.stop()

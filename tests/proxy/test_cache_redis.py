@@ -4,6 +4,7 @@ hold no credential, and a Redis that dies or stalls costs the data plane nothing
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -187,3 +188,60 @@ async def test_a_redis_that_never_answers_adds_no_more_than_the_op_timeout(
         assert cache_errors(sc) >= 1
     finally:
         silent.close()
+
+
+class FarRedis:
+    """A relay to the real Redis whose new connections answer their first command `dial` seconds late (a TLS or
+    cross-zone dial); `drop_all` cuts every open connection (a network blip)."""
+
+    def __init__(self, target_port: int, dial: float) -> None:
+        self.target_port = target_port
+        self.dial = dial
+        self.writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> FarRedis:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+        self.writers += [writer, upstream_writer]
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, first_lag: float) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    await asyncio.sleep(first_lag)
+                    first_lag = 0
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(pipe(reader, upstream_writer, 0), pipe(upstream_reader, writer, self.dial))
+
+    def drop_all(self) -> None:
+        for writer in self.writers:
+            writer.close()
+        self.writers.clear()
+
+
+async def test_the_cache_comes_back_when_redis_does_even_if_dialling_takes_longer_than_op_timeout(
+    upstream, make_sidecar, client, redis_url, redis_namespace
+):
+    # A request's op_timeout (50 ms) cancelled every reconnection (80 ms) it started: the cache stayed down.
+    upstream.default = numbered()
+    far = await FarRedis(int(redis_url.rsplit(":", 1)[1].split("/")[0]), 0.08).start()
+    try:
+        sc = await make_sidecar(policy(upstream, f"redis://127.0.0.1:{far.port}/0", redis_namespace))
+        url = sc.url + "/supabase/rest/v1/bot_profiles"
+        assert [state(await call(client, url)) for _ in range(2)] == ["MISS", "HIT"]
+        far.drop_all()
+        await asyncio.sleep(0.05)
+        give_up = time.monotonic() + 5
+        while state(reply := await call(client, url)) != "HIT":
+            assert reply[0] == 200  # meanwhile: uncached, never an error
+            assert time.monotonic() < give_up, f"no recovery in 5 s, {cache_errors(sc)} errors"
+            await asyncio.sleep(0.1)
+        assert cache_errors(sc) >= 1
+    finally:
+        far.server.close()
