@@ -150,13 +150,19 @@ class Pipeline:
         if (stale := cache.fallback(lookup, _failure_status(outcome, ex))) is not None:
             await outcome.discard(deadline)
             return self._from_cache(request, ex, lookup, stale)
-        prefix = b""
+        prefix, storing = b"", None
         if cache.storable(lookup, outcome.status, outcome.response.headers):
             body, prefix = await self._capture(request, ex, outcome, deadline)
             if body is not None:
-                await cache.store(lookup, outcome.status, outcome.response.headers, body)
+                storing = cache.keep(lookup, outcome.status, outcome.response.headers, body)
         cache.release(lookup)
-        return await self._respond(request, ex, outcome, deadline, prefix)
+        try:
+            return await self._respond(request, ex, outcome, deadline, prefix)
+        finally:
+            if storing is not None:
+                # After the answer went out (a slow Redis delays nobody's response), but before this
+                # connection's next request is read: the caller's next identical request finds it.
+                await storing.run()
 
     async def _capture(
         self, request: web.BaseRequest, ex: Exchange, answer: Answer, deadline: Deadline

@@ -259,15 +259,21 @@ class ResponseCache:
             log.debug("Cache not storing %s: %s", lookup.plan, refused)
         return refused is None
 
-    async def store(self, lookup: Lookup, status: int, headers: CIMultiDictProxy[str], body: bytes) -> None:
-        """Keep an answer `storable` allowed; concurrent identical requests get it even if the backend is down."""
+    def keep(self, lookup: Lookup, status: int, headers: CIMultiDictProxy[str], body: bytes) -> Storing | None:
+        """An answer `storable` allowed: identical requests waiting on this one get it at once (even if the
+        backend is down); storing it is returned, for the caller to run once the answer has gone out."""
         plan = lookup.plan
         rule = plan.rule
         entry = Entry(status, stored_headers(headers), body, time.time(), rule.ttl, rule.stale_if_error,
                       extra_vary(headers, rule))
         self._share(lookup, HIT, entry)
         if lookup.generations is None or entry.lifetime <= 0:
-            return  # without the current generations a write could land where invalidated entries lived
+            return None  # without the current generations a write could land where invalidated entries lived
+        return Storing(self, lookup, entry)
+
+    async def _write(self, lookup: Lookup, entry: Entry) -> None:
+        plan = lookup.plan
+        rule = plan.rule
         if entry.vary != lookup.marker:
             await self.storage.set(plan.key.marker, ",".join(entry.vary).encode(), entry.lifetime)
         if await self.storage.set(self._entry_key(lookup, entry.vary), entry.encode(), entry.lifetime):
@@ -318,6 +324,18 @@ class ResponseCache:
         purged = await self.storage.incr(key) is not None
         log.info("Cache PURGE %s%s%s", upstream, f" route={route}" if route else "", "" if purged else " failed")
         return purged
+
+
+@dataclass(frozen=True, slots=True)
+class Storing:
+    """An entry to write to the backend: up to two round trips the answer need not wait for."""
+
+    cache: ResponseCache
+    lookup: Lookup
+    entry: Entry
+
+    async def run(self) -> None:
+        await self.cache._write(self.lookup, self.entry)
 
 
 class LookupScope:

@@ -190,34 +190,37 @@ async def test_a_redis_that_never_answers_adds_no_more_than_the_op_timeout(
         silent.close()
 
 
-class FarRedis:
-    """A relay to the real Redis whose new connections answer their first command `dial` seconds late (a TLS or
-    cross-zone dial); `drop_all` cuts every open connection (a network blip)."""
+class RedisRelay:
+    """A relay to the real Redis whose replies come `every` seconds late, and a new connection's first reply
+    `dial` seconds late (a TLS or cross-zone dial); `drop_all` cuts every open connection (a network blip)."""
 
-    def __init__(self, target_port: int, dial: float) -> None:
-        self.target_port = target_port
+    def __init__(self, redis_url: str, dial: float = 0.0, every: float = 0.0) -> None:
+        self.target_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
         self.dial = dial
+        self.every = every
         self.writers: list[asyncio.StreamWriter] = []
 
-    async def start(self) -> FarRedis:
+    async def start(self) -> RedisRelay:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
+        self.url = f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
         return self
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream_reader, upstream_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
         self.writers += [writer, upstream_writer]
 
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, first_lag: float) -> None:
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter, first: float, every: float) -> None:
             with contextlib.suppress(Exception):
                 while data := await src.read(65536):
-                    await asyncio.sleep(first_lag)
-                    first_lag = 0
+                    await asyncio.sleep(first + every)
+                    first = 0
                     dst.write(data)
                     await dst.drain()
             dst.close()
 
-        await asyncio.gather(pipe(reader, upstream_writer, 0), pipe(upstream_reader, writer, self.dial))
+        await asyncio.gather(
+            pipe(reader, upstream_writer, 0, 0), pipe(upstream_reader, writer, self.dial, self.every)
+        )
 
     def drop_all(self) -> None:
         for writer in self.writers:
@@ -230,9 +233,9 @@ async def test_the_cache_comes_back_when_redis_does_even_if_dialling_takes_longe
 ):
     # A request's op_timeout (50 ms) cancelled every reconnection (80 ms) it started: the cache stayed down.
     upstream.default = numbered()
-    far = await FarRedis(int(redis_url.rsplit(":", 1)[1].split("/")[0]), 0.08).start()
+    far = await RedisRelay(redis_url, dial=0.08).start()
     try:
-        sc = await make_sidecar(policy(upstream, f"redis://127.0.0.1:{far.port}/0", redis_namespace))
+        sc = await make_sidecar(policy(upstream, far.url, redis_namespace))
         url = sc.url + "/supabase/rest/v1/bot_profiles"
         assert [state(await call(client, url)) for _ in range(2)] == ["MISS", "HIT"]
         far.drop_all()
@@ -245,3 +248,22 @@ async def test_the_cache_comes_back_when_redis_does_even_if_dialling_takes_longe
         assert cache_errors(sc) >= 1
     finally:
         far.server.close()
+
+
+async def test_a_miss_does_not_wait_for_its_own_storing(upstream, make_sidecar, client, redis_url, redis_namespace):
+    # Redis answering every command 100 ms late: the lookup (two round trips) is the MISS's only cost; the
+    # marker and entry are written after the answer went out, in time for the caller's next request.
+    upstream.default = numbered(headers={"Vary": "X-Tenant"})
+    slow = await RedisRelay(redis_url, every=0.1).start()
+    try:
+        text = policy(upstream, slow.url, redis_namespace).replace("op_timeout: 50ms", "op_timeout: 300ms")
+        sc = await make_sidecar(text)
+        url = sc.url + "/supabase/rest/v1/bot_profiles"
+        await call(client, url + "?warm")  # the connections are dialled
+        await asyncio.sleep(0.3)  # and its own storing is done
+        started = time.monotonic()
+        assert state(await call(client, url)) == "MISS"
+        assert time.monotonic() - started < 0.28  # two round trips; storing first made it four
+        assert state(await call(client, url)) == "HIT"
+    finally:
+        slow.server.close()
