@@ -160,6 +160,12 @@ class ResponseCache:
 
     async def _enter(self, plan: ReadPlan, deadline: Deadline) -> Lookup:
         lookup = Lookup(plan)
+        if self.storage.local and plan.mode is Mode.LOOKUP:
+            # In process a lookup never waits, so there is nothing to share but the fetch: look first, and
+            # join the flight only to go (or wait for) upstream. No request waits with a fresh entry of its own.
+            await self._find(lookup)
+            if lookup.ready is not None:
+                return lookup
         # Only plain lookups share: no-cache asked for its own fetch, no-store for no cache at all.
         flight = self._flights.join(plan.key.base) if plan.mode is Mode.LOOKUP else None
         try:
@@ -167,7 +173,7 @@ class ResponseCache:
                 await self._follow(lookup, flight, deadline)
             else:
                 lookup.flight = flight
-                if plan.mode is not Mode.BYPASS:
+                if plan.mode is not Mode.BYPASS and lookup.generations is None:
                     await self._find(lookup)
         except BaseException:
             self._exit(lookup)

@@ -24,7 +24,6 @@ namespace (as secret as the Redis password in the URL: set the variable when the
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +33,7 @@ from multidict import CIMultiDictProxy
 from proxy.policy import CacheSettings
 
 PATH_MEMO = 4096
+ENTRY_MEMO = 4096
 MARKER_PREFIX = "vary:"  # the key of the header names an upstream's Vary listed for one request
 
 
@@ -77,11 +77,13 @@ class KeyMaker:
     secret: bytes
     # Path digests are asked for on every lookup (the path's write generation); paths repeat, so keep a few.
     _paths: dict[tuple[str, str], str] = field(default_factory=dict, compare=False, repr=False)
+    _entries: dict[tuple[str, tuple[int, ...], str], str] = field(default_factory=dict, compare=False, repr=False)
 
     def digest(self, *parts: object) -> str:
-        # JSON keeps the parts apart: ("a", "b c") and ("a b", "c") never collide. Keyed BLAKE2b is a MAC
-        # like HMAC-SHA256, in one pass instead of two (`key_secret` keeps the key within its 64 bytes).
-        return hashlib.blake2b(json.dumps(parts).encode(), key=self.secret, digest_size=32).hexdigest()
+        # ascii() of a tuple of strings, numbers, None and lists of them keeps the parts apart (quoted, escaped,
+        # non-ASCII too): ("a", "b c") and ("a b", "c") never collide, at half the cost of JSON. Keyed BLAKE2b
+        # is a MAC like HMAC-SHA256, in one pass instead of two (`key_secret` keeps the key within 64 bytes).
+        return hashlib.blake2b(ascii(parts).encode(), key=self.secret, digest_size=32).hexdigest()
 
     def request(
         self,
@@ -109,7 +111,16 @@ class KeyMaker:
         )
 
     def entry(self, key: RequestKey, generations: Sequence[int], vary: str) -> str:
-        return f"entry:{key.upstream}:{key.route}:{self.digest(key.base, list(generations), vary)}"
+        # Asked for on every lookup, for the same few hot entries: remembered. Its parts are digests and
+        # counters already, never a credential in clear.
+        memo = (key.base, tuple(generations), vary)
+        found = self._entries.get(memo)
+        if found is None:
+            if len(self._entries) >= ENTRY_MEMO:
+                self._entries.clear()
+            digest = self.digest(key.base, list(generations), vary)
+            found = self._entries[memo] = f"entry:{key.upstream}:{key.route}:{digest}"
+        return found
 
     def vary(self, headers: CIMultiDictProxy[str], names: Iterable[str]) -> str:
         """The values of the headers the upstream's `Vary` named, as one digest ("" when it named none)."""

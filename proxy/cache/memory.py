@@ -28,6 +28,12 @@ class LruLedger(MutableMapping[str, bytes]):
     def __getitem__(self, key: str) -> bytes:
         return self._values[key]
 
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._values.get(key, default)  # Mapping's own `get` goes through a KeyError on every miss
+
+    def find(self, key: str) -> bytes | None:
+        return self._values.get(key)
+
     def __setitem__(self, key: str, value: bytes) -> None:
         old = self._values.pop(key, None)  # a rewrite is a use: the key moves to the young end
         if old is not None:
@@ -71,7 +77,7 @@ class BoundedMemoryCache(SimpleMemoryCache):  # type: ignore[misc]  # aiocache s
         """A read that needs no await: the store calls it directly on the hot path of a cache HIT."""
         if key in self._counters:
             return self._counters[key]
-        value = self.ledger.get(key)
+        value = self.ledger.find(key)
         if value is not None:
             self.ledger.touch(key)
         return value

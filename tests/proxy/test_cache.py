@@ -569,8 +569,8 @@ async def test_vary_markers_do_not_take_an_entrys_place(upstream, make_sidecar, 
 async def test_a_follower_with_a_fresh_entry_of_its_own_is_not_handed_the_leaders_failure(
     upstream, make_sidecar, client
 ):
-    # The single-flight key leaves out what the upstream's Vary names: fr follows en's fetch. When that fails,
-    # fr's own fresh entry answers. (It still waits for en's fetch: Redis lookups are shared by that key.)
+    # The single-flight key leaves out what the upstream's Vary names: fr could follow en's fetch, wait for it
+    # and get its failure. In process a lookup comes first, so fr answers from its own entry at once.
     upstream.default = numbered(headers={"Vary": "Accept-Language"})
     sc = await make_sidecar(policy(upstream, timeouts="{read: 500ms}"))
     url = sc.url + "/supabase/rest/v1/bot_profiles"
@@ -579,7 +579,9 @@ async def test_a_follower_with_a_fresh_entry_of_its_own_is_not_handed_the_leader
     upstream.script(hang())
     leader = asyncio.create_task(call(client, url, headers={"Accept-Language": "en"}))
     await asyncio.sleep(0.1)
+    started = time.monotonic()
     follower = await call(client, url, headers=french)
+    assert time.monotonic() - started < 0.25  # en's fetch hangs until its 500 ms read timeout
     assert (await leader)[0] == 504
     assert (follower[0], follower[2], state(follower)) == (200, b"1", "HIT")
 
