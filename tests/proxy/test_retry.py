@@ -197,7 +197,9 @@ async def test_a_post_with_a_503_is_not_retried(upstream, make_sidecar, client):
 async def test_a_post_whose_connection_was_refused_is_retried(make_sidecar, client, caplog):
     caplog.set_level(logging.WARNING, logger="egress.retry")
     port = free_port()
-    text = policy(f"http://127.0.0.1:{port}", attempts=6).replace(
+    # Full jitter draws each wait from [0, 100-150 ms]: with 20 attempts, the odds that all of them are spent
+    # before the upstream comes up at 250 ms are nil (with 6 they were not, and the test failed now and then).
+    text = policy(f"http://127.0.0.1:{port}", attempts=20).replace(
         FAST_BACKOFF, "backoff: {base: 100ms, max: 150ms}"
     )
     sc = await make_sidecar(text)
