@@ -10,25 +10,10 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
-from aiohttp import web
 
-from tests.support.upstream import Behaviour, Recorded, count_body, delay, respond, stream
+from tests.support.upstream import count_body, delay, respond, stalled_body, stream
 
 Result = tuple[int, str | None, bytes]
-
-
-def stalled_body(status: int, headers: dict[str, str] | None = None, length: int = 100) -> Behaviour:
-    """Headers and 10 bytes of a `length`-byte body, then nothing."""
-
-    async def behaviour(request: web.BaseRequest, record: Recorded) -> web.StreamResponse:
-        response = web.StreamResponse(status=status, headers=headers or {})
-        response.content_length = length
-        await response.prepare(request)
-        await response.write(b"x" * 10)
-        await asyncio.sleep(3600)
-        raise AssertionError("unreachable")
-
-    return behaviour
 
 
 def getter(client: aiohttp.ClientSession, url: str) -> Callable[..., Awaitable[Result]]:

@@ -14,7 +14,7 @@ from proxy.errors import UpstreamTimeout
 from proxy.limits import Bulkhead
 from proxy.policy import Limits
 from tests.proxy.test_cache import call, policy
-from tests.support.upstream import Behaviour, Recorded, delay, numbered, respond
+from tests.support.upstream import Recorded, delay, numbered, respond, stalled_body
 
 # -- bulkhead ---------------------------------------------------------------------------------------------
 
@@ -40,20 +40,6 @@ async def test_a_slot_handed_over_just_as_the_pool_wait_times_out_is_not_lost():
 
 
 # -- breaker trial ----------------------------------------------------------------------------------------
-
-
-def stalled_body(status: int, headers: dict[str, str], length: int = 100) -> Behaviour:
-    """Headers and a first few bytes of a `length`-byte body, then nothing more."""
-
-    async def behaviour(request: web.BaseRequest, record: Recorded) -> web.StreamResponse:
-        response = web.StreamResponse(status=status, headers=headers)
-        response.content_length = length
-        await response.prepare(request)
-        await response.write(b"x" * 10)
-        await asyncio.sleep(3600)
-        raise AssertionError("unreachable")
-
-    return behaviour
 
 
 async def test_a_trial_admitted_while_the_previous_answer_drains_is_freed_when_the_caller_hangs_up(

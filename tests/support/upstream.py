@@ -203,6 +203,20 @@ def stream(
     return behaviour
 
 
+def stalled_body(status: int, headers: dict[str, str] | None = None, length: int = 100) -> Behaviour:
+    """Headers and the first 10 bytes of a `length`-byte body, then nothing more."""
+
+    async def behaviour(request: web.BaseRequest, record: Recorded) -> web.StreamResponse:
+        response = web.StreamResponse(status=status, headers=headers or {})
+        response.content_length = length
+        await response.prepare(request)
+        await response.write(b"x" * 10)
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    return behaviour
+
+
 def big_body(size: int, chunk: int = 256 * 1024) -> Behaviour:
     """`size` bytes generated on the fly, with Content-Length."""
 
