@@ -127,10 +127,13 @@ class BufferedStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def flush(self) -> None:
         self._scheduled = False
-        if self._lines:
-            text, self._lines, self._size = "".join(self._lines), [], 0
-            self.stream.write(text)
-        super().flush()
+        try:
+            if self._lines:
+                text, self._lines, self._size = "".join(self._lines), [], 0
+                self.stream.write(text)
+            super().flush()
+        except (OSError, ValueError):  # the stream is gone (closed, disk full): the lines are, the requests go on
+            pass
 
 
 def configure(level: str = "info", fmt: str = "text") -> None:

@@ -94,10 +94,10 @@ class Pipeline:
             ex.delivery.broken = "client_disconnected"  # the caller hung up; its upstream call was cancelled
             raise
         finally:
-            self._account(request, ex)
-            self.active -= 1
+            self.active -= 1  # first: a failing access log must not keep a graceful stop waiting
             if self.active == 0 and self._drained is not None:
                 self._drained.set()
+            self._account(request, ex)
         return response
 
     async def drain(self, grace: float) -> bool:

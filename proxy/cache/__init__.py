@@ -184,6 +184,8 @@ class ResponseCache:
 
     def _exit(self, lookup: Lookup) -> None:
         self.release(lookup)
+        if lookup.flight is not None:
+            lookup.flight.finish()
         key = (lookup.plan.key.upstream, lookup.plan.key.route, lookup.result)
         counter = self._counters.get(key)
         if counter is None:

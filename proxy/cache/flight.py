@@ -1,7 +1,8 @@
 """In-process single-flight: of N concurrent identical misses, one goes upstream and the others wait for it.
 
 The first request for a key leads; later ones follow and receive what the leader landed with (or None when
-it had nothing shareable, and they go on by themselves). A leader always lands, even when cancelled.
+it had nothing shareable, and they go on by themselves). A leader always lands and finishes, even when
+cancelled; between the two (its answer being written, then stored) later requests get the landed value at once.
 """
 
 from __future__ import annotations
@@ -24,12 +25,16 @@ class Flight(Generic[T]):
         return await asyncio.shield(self._future)
 
     def land(self, value: T | None) -> None:
-        """For the leader: hand `value` to the followers and let the next request for the key lead anew."""
-        if not self.leads:
-            return
-        self._flights.finished(self.key, self._future)
-        if not self._future.done():
+        """For the leader: hand `value` to the followers, and to any request that joins until `finish`."""
+        if self.leads and not self._future.done():
             self._future.set_result(value)
+
+    def finish(self) -> None:
+        """For the leader, once its answer is out and stored: the next request for the key leads anew.
+        Until then a late identical request gets the landed value at once instead of fetching again."""
+        if self.leads:
+            self.land(None)
+            self._flights.finished(self.key, self._future)
 
 
 class SingleFlight(Generic[T]):

@@ -55,6 +55,7 @@ class Store:
         self.name = name
         self._errors = errors.labels(name)
         self._recovery: asyncio.Task[None] | None = None  # set while the backend is out of the requests' path
+        self._closed = False
         self._warned_at = float("-inf")
         # In-process reads cannot fail or wait: they skip aiocache's per-call layers (timeout, plugins, hooks),
         # which cost more than the read itself. Writes still go through aiocache (TTL timers, eviction).
@@ -95,14 +96,15 @@ class Store:
         return bool(await self.backend.raw("ping", timeout=WARM_UP_TIMEOUT))
 
     async def close(self) -> None:
+        self._closed = True
         if self._recovery is not None:
             self._recovery.cancel()
         with contextlib.suppress(Exception):  # even while down: its connections must go
             await self.backend.close()
 
     async def _guarded(self, op: str, call: Callable[[], Awaitable[T]]) -> T | None:
-        if self._recovery is not None:
-            return None  # down: pass through uncached until a ping gets through
+        if self._recovery is not None or self._closed:
+            return None  # down (until a ping gets through) or retired by a reload: pass through uncached
         try:
             return await call()
         except Exception as exc:  # whatever the backend does wrong, the request goes on uncached
@@ -124,7 +126,7 @@ class Store:
 
     def _failed(self, op: str, exc: Exception) -> None:
         self._errors.inc()
-        if self._recovery is None:
+        if self._recovery is None and not self._closed:
             self._recovery = asyncio.get_running_loop().create_task(self._recover())
         now = time.monotonic()
         if now - self._warned_at >= WARN_EVERY:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 
 import aiohttp
@@ -630,3 +631,27 @@ async def test_new_injected_credentials_do_not_see_what_the_old_ones_fetched(ups
         assert (state(after), b"service-role-key" in after[2]) == ("MISS", False)
     finally:
         await sidecar.stop()
+
+
+async def test_an_identical_request_while_the_first_answer_is_still_being_written_is_a_hit(
+    upstream, make_sidecar, client
+):
+    # The fetch's flight stays joinable until its answer is written and stored: a caller reading slowly must
+    # not send identical requests upstream meanwhile.
+    size = 4 * 1024 * 1024
+    upstream.default = big_body(size)
+    sc = await make_sidecar(policy(upstream, settings="max_body: 8MiB, max_bytes: 64MiB"))
+    path = "/supabase/rest/v1/bot_profiles?id=eq.1"
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.setblocking(False)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_connect(slow, ("127.0.0.1", sc.sidecar.data_port))
+        await loop.sock_sendall(slow, f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await asyncio.sleep(0.5)  # fetched whole, and being written to the slow reader
+        second = await asyncio.wait_for(call(client, sc.url + path), 10)
+        assert (len(second[2]), state(second)) == (size, "HIT")
+        assert len(upstream.requests) == 1
+    finally:
+        slow.close()

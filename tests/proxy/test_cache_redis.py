@@ -267,3 +267,20 @@ async def test_a_miss_does_not_wait_for_its_own_storing(upstream, make_sidecar, 
         assert state(await call(client, url)) == "HIT"
     finally:
         slow.server.close()
+
+
+async def test_a_closed_store_is_left_alone_and_never_revived(redis_url):
+    # A reload retires a Redis cache while requests still hold it: they pass through, and no failure of theirs
+    # may start a reconnect loop on the closed client.
+    from proxy.cache.store import open_store
+    from proxy.metrics import Metrics
+    from proxy.policy import CacheSettings
+
+    metrics = Metrics()
+    store = open_store(CacheSettings(backend="redis", redis_url=redis_url, key_secret="s"), metrics)
+    assert await store.warm_up()
+    await store.close()
+    assert await store.get("anything") is None
+    assert await store.set("anything", b"v", 10) is False
+    assert store._recovery is None
+    assert metrics.cache_errors.labels("redis")._value.get() == 0

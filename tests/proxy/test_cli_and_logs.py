@@ -398,3 +398,15 @@ def test_configure_text_and_level(restore_logging, capsys):
     logging.getLogger("egress.test").warning("careful")
     [line] = capsys.readouterr().err.splitlines()
     assert line.endswith(" WARNING egress.test careful")
+
+
+def test_a_buffered_access_log_whose_stream_is_gone_drops_lines_not_requests():
+    import io
+
+    from proxy.logs import BufferedStreamHandler
+
+    stream = io.StringIO()
+    handler = BufferedStreamHandler(stream, limit=10)
+    stream.close()  # as a closed stderr, or a full disk, would
+    handler.write_line("request_id=r1 status=200")  # over the limit: flushed at once, and fails quietly
+    handler.flush()
