@@ -108,13 +108,14 @@ class Egress:
 
     @asynccontextmanager
     async def stream(self, call: Call, request_id: str) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A 2xx response whose body the caller reads piece by piece (media)."""
-        async with self.open(call, request_id, self._stream_timeout) as response:
+        """A 2xx response whose body the caller reads piece by piece (media), as its host encoded it: its
+        Content-Length and Content-Encoding then still describe the bytes passed on."""
+        async with self.open(call, request_id, self._stream_timeout, decompress=False) as response:
             yield response
 
     @asynccontextmanager
     async def open(
-        self, call: Call, request_id: str, limits: aiohttp.ClientTimeout
+        self, call: Call, request_id: str, limits: aiohttp.ClientTimeout, decompress: bool = True
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         try:
             response = await self.session.request(
@@ -124,6 +125,7 @@ class Egress:
                 data=None if call.json is None else json.dumps(call.json).encode(),
                 timeout=limits,
                 allow_redirects=False,
+                auto_decompress=decompress,
             )
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise self._failed(call, request_id, exc) from exc

@@ -29,7 +29,7 @@ async def json_object(request: web.Request) -> dict[str, Any]:
 
 def positive_int(value: Any, name: str) -> int:
     """An id from JSON (an integer) or from a path or query (digits)."""
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18:  # not "²", not 10**5000
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise invalid(f"{name} must be a positive integer")

@@ -13,6 +13,7 @@ from inbox_backend.bot import Bot
 from inbox_backend.conversations import send_text
 from inbox_backend.errors import ApiError
 from inbox_backend.inputs import current_user, invalid, json_object, path_id, positive_int, query_id, text_field
+from inbox_backend.middleware import REQUEST_ID_HEADER
 from inbox_backend.state import app_state, clients
 
 log = logging.getLogger("inbox.routes")
@@ -20,7 +21,7 @@ log = logging.getLogger("inbox.routes")
 ACCOUNT_FIELDS = {"name": str, "bot_enabled": bool}
 MEDIA_CHUNK = 64 * 1024
 # Copied from the media host's answer to ours; everything else (cookies, its caching rules) is its own.
-MEDIA_HEADERS = ("Content-Type", "Content-Length", "Content-Disposition")
+MEDIA_HEADERS = ("Content-Type", "Content-Length", "Content-Encoding", "Content-Disposition")
 
 
 async def me(request: web.Request) -> web.Response:
@@ -96,7 +97,9 @@ async def message_media(request: web.Request) -> web.StreamResponse:
         raise ApiError(404, "no_media", detail=f"message {message['id']} has no media")
     path = await c.whatsapp.media_path(str(media_id))
     async with c.whatsapp.download(path) as media:
-        response = web.StreamResponse(headers={h: media.headers[h] for h in MEDIA_HEADERS if h in media.headers})
+        headers = {h: media.headers[h] for h in MEDIA_HEADERS if h in media.headers}
+        headers[REQUEST_ID_HEADER] = c.caller.request_id  # sent with prepare(): the middleware would be too late
+        response = web.StreamResponse(headers=headers)
         await response.prepare(request)
         try:
             async for chunk in media.content.iter_chunked(MEDIA_CHUNK):

@@ -6,6 +6,7 @@ simulator); production sets the URLs and secrets through the environment.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -133,6 +134,6 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number of seconds, not {raw!r}") from None
-    if value <= 0:
-        raise SettingsError(f"{name} must be positive, not {raw!r}")
+    if not math.isfinite(value) or value <= 0:  # inf and nan too: a timer cannot be set with either
+        raise SettingsError(f"{name} must be a positive number of seconds, not {raw!r}")
     return value

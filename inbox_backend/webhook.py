@@ -43,6 +43,7 @@ async def receive(request: web.Request) -> web.Response:
     rid = request[REQUEST_ID]
     clients = state.clients(rid)
     results = {"stored": 0, "duplicate": 0, "unknown_account": 0}
+    replies: dict[int, str] = {}  # conversation id -> the message that asks for its reply
     for inbound in parse_webhook(payload):
         stored = await store_inbound(clients.db, inbound)
         if stored is None:
@@ -53,10 +54,13 @@ async def receive(request: web.Request) -> web.Response:
         else:
             result = "stored"
             if stored.account.get("bot_enabled") and inbound.text:
-                bot = Bot(clients, state.settings, state.metrics)
-                state.spawn(bot.auto_reply(stored.conversation["id"]), name=f"bot-reply-{inbound.message_id}")
+                replies[stored.conversation["id"]] = inbound.message_id
         results[result] += 1
         state.metrics.webhook_messages.labels(result).inc()
+    # One reply per conversation, once all of this delivery is stored: it answers every message it brought.
+    for conversation_id, message_id in replies.items():
+        bot = Bot(clients, state.settings, state.metrics)
+        state.spawn(bot.auto_reply(conversation_id), name=f"bot-reply-{message_id}")
     return web.json_response(results)
 
 

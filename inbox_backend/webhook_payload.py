@@ -26,7 +26,9 @@ def signature(body: bytes, app_secret: str) -> str:
 
 
 def signature_valid(body: bytes, header: str | None, app_secret: str) -> bool:
-    return header is not None and hmac.compare_digest(header.strip().lower(), signature(body, app_secret))
+    # As bytes: compare_digest refuses str that is not ASCII, and anyone can send such a header.
+    supplied = header.strip().lower().encode("utf-8", "surrogateescape") if header is not None else None
+    return supplied is not None and hmac.compare_digest(supplied, signature(body, app_secret).encode())
 
 
 @dataclass(frozen=True)
