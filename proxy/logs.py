@@ -80,11 +80,14 @@ class TextFormatter(LineFormatter):
         self._stamp = _SecondStamp("%Y-%m-%d %H:%M:%S", self.converter)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        return f"{self._stamp(record.created)},{_msecs(record.created):03d}"
+        return self._time(record.created)
+
+    def _time(self, created: float) -> str:
+        return f"{self._stamp(created)},{_msecs(created):03d}"
 
     def line(self, created: float, level: str, name: str, message: str, fields: dict[str, Any] | None) -> str:
         # The same line as the format string above, without the generic machinery: one per request.
-        return f"{self._stamp(created)},{_msecs(created):03d} {level} {name} {message}"
+        return f"{self._time(created)} {level} {name} {message}"
 
     def format(self, record: logging.LogRecord) -> str:
         if record.exc_info or record.exc_text or record.stack_info:

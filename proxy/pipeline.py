@@ -162,7 +162,7 @@ class Pipeline:
             if storing is not None:
                 # After the answer went out (a slow Redis delays nobody's response), but before this
                 # connection's next request is read: the caller's next identical request finds it.
-                await storing.run()
+                await storing()
 
     async def _capture(
         self, request: web.BaseRequest, ex: Exchange, answer: Answer, deadline: Deadline

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 from multidict import CIMultiDictProxy
 
@@ -107,7 +108,6 @@ class ResponseCache:
         self.keys = keys
         self.metrics = metrics
         self._flights: SingleFlight[Shared] = SingleFlight()
-        self._counters: dict[tuple[str, str, str], Any] = {}  # metric children, looked up once
         self._decoded: collections.OrderedDict[str, tuple[bytes, Entry]] = collections.OrderedDict()
         self._origins: dict[str, tuple[Upstream, str]] = {}
 
@@ -186,11 +186,8 @@ class ResponseCache:
         self.release(lookup)
         if lookup.flight is not None:
             lookup.flight.finish()
-        key = (lookup.plan.key.upstream, lookup.plan.key.route, lookup.result)
-        counter = self._counters.get(key)
-        if counter is None:
-            counter = self._counters[key] = self.metrics.cache_requests.labels(*key)
-        counter.inc()
+        key = lookup.plan.key
+        self.metrics.child(self.metrics.cache_requests, key.upstream, key.route, lookup.result).inc()
 
     def release(self, lookup: Lookup) -> None:
         """Hand followers what this request has for them (an entry, a failure, or nothing: then they fetch
@@ -267,7 +264,9 @@ class ResponseCache:
             log.debug("Cache not storing %s: %s", lookup.plan, refused)
         return refused is None
 
-    def keep(self, lookup: Lookup, status: int, headers: CIMultiDictProxy[str], body: bytes) -> Storing | None:
+    def keep(
+        self, lookup: Lookup, status: int, headers: CIMultiDictProxy[str], body: bytes
+    ) -> Callable[[], Awaitable[None]] | None:
         """An answer `storable` allowed: identical requests waiting on this one get it at once (even if the
         backend is down); storing it is returned, for the caller to run once the answer has gone out."""
         plan = lookup.plan
@@ -277,7 +276,7 @@ class ResponseCache:
         self._share(lookup, HIT, entry)
         if lookup.generations is None or entry.lifetime <= 0:
             return None  # without the current generations a write could land where invalidated entries lived
-        return Storing(self, lookup, entry)
+        return functools.partial(self._write, lookup, entry)
 
     async def _write(self, lookup: Lookup, entry: Entry) -> None:
         plan = lookup.plan
@@ -332,18 +331,6 @@ class ResponseCache:
         purged = await self.storage.incr(key) is not None
         log.info("Cache PURGE %s%s%s", upstream, f" route={route}" if route else "", "" if purged else " failed")
         return purged
-
-
-@dataclass(frozen=True, slots=True)
-class Storing:
-    """An entry to write to the backend: up to two round trips the answer need not wait for."""
-
-    cache: ResponseCache
-    lookup: Lookup
-    entry: Entry
-
-    async def run(self) -> None:
-        await self.cache._write(self.lookup, self.entry)
 
 
 class LookupScope:

@@ -28,11 +28,8 @@ class LruLedger(MutableMapping[str, bytes]):
     def __getitem__(self, key: str) -> bytes:
         return self._values[key]
 
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._values.get(key, default)  # Mapping's own `get` goes through a KeyError on every miss
-
     def find(self, key: str) -> bytes | None:
-        return self._values.get(key)
+        return self._values.get(key)  # Mapping's own `get` goes through a KeyError on every miss
 
     def __setitem__(self, key: str, value: bytes) -> None:
         old = self._values.pop(key, None)  # a rewrite is a use: the key moves to the young end
