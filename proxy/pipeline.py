@@ -29,10 +29,9 @@ from aiohttp import web
 
 from proxy.breaker import Trial
 from proxy.cache import CACHE_HEADER, Entry, Lookup, ReadPlan, WritePlan
-from proxy.cache.capture import read_capped
 from proxy.deadline import CALLER_TIMEOUT_HEADER, Deadline
 from proxy.errors import BadRequest, EgressError, RequestTimeout, Unavailable, UpstreamTimeout
-from proxy.forward import Outgoing, RequestBody, classify, timed_out
+from proxy.forward import Outgoing, RequestBody
 from proxy.headers import REQUEST_ID, request_id
 from proxy.logs import log_access, redact_target
 from proxy.metrics import method_label
@@ -41,7 +40,6 @@ from proxy.respond import Delivery, entry_response, error_response, send_answer
 from proxy.retry import IDEMPOTENCY_KEY, Answer, Outcome, RetryContext, RetryLoop, breaker_failure, is_idempotent
 from proxy.routing import Target
 from proxy.runtime import Runtime, UpstreamState
-from proxy.throttle import throttle_delay
 
 ATTEMPTS_HEADER = "X-Egress-Attempts"
 
@@ -147,7 +145,8 @@ class Pipeline:
         cache = self.runtime.cache
         if isinstance(outcome, EgressError):
             raise outcome
-        if (stale := cache.fallback(lookup, _failure_status(outcome, ex))) is not None:
+        # A throttled answer counts as the 429 it means (a WhatsApp 400 with code 130429 is not a bad request).
+        if (stale := cache.fallback(lookup, 429 if outcome.throttled else outcome.status)) is not None:
             await outcome.discard(deadline)
             return self._from_cache(request, ex, lookup, stale)
         prefix, storing = b"", None
@@ -182,15 +181,10 @@ class Pipeline:
         length = answer.response.content_length
         if length is not None and length > limit:
             return None, b""
-        try:
-            async with asyncio.timeout(max(deadline.remaining(), 0.001) if length is not None else None):
-                data, complete = await read_capped(answer.response.content, limit)
-        except TimeoutError as exc:  # first: the deadline's and aiohttp's read timeouts are OSErrors too
-            answer.close()
-            raise timed_out(exc, ex.target.upstream.name, ex.target.route.timeouts, deadline) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            answer.close()
-            raise classify(exc, ex.target.upstream.name, ex.target.route.timeouts) from exc
+        within = max(deadline.remaining(), 0.001) if length is not None else None
+        data, complete = await answer.read_up_to(
+            limit, within, ex.target.upstream.name, ex.target.route.timeouts, deadline
+        )
         if not complete:
             return None, data
         answer.body = data
@@ -364,17 +358,6 @@ class Pipeline:
                 "cache": ex.cache,
             }
         )
-
-
-def _failure_status(answer: Answer, ex: Exchange) -> int:
-    """The answer's status as the cache's stale-if-error sees it: 429 for one a throttle rule recognises (a
-    WhatsApp 400 with code 130429 is a throttled request, not a bad one)."""
-    assert ex.target is not None
-    status, rules = answer.status, ex.target.upstream.throttle
-    if status >= 500 or status == 429 or not rules:
-        return status
-    throttled = throttle_delay(rules, status, answer.response.headers.get("Retry-After"), answer.body) is not None
-    return 429 if throttled else status
 
 
 def _deadline(request: web.BaseRequest, route: Route) -> Deadline:

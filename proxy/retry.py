@@ -21,10 +21,10 @@ from proxy.breaker import Breaker, Trial
 from proxy.budget import RetryBudgetWindow
 from proxy.cache.capture import read_capped
 from proxy.deadline import Deadline
-from proxy.errors import EgressError, UpstreamReset
-from proxy.forward import RequestBody, timed_out
+from proxy.errors import EgressError
+from proxy.forward import RequestBody, classify, timed_out
 from proxy.metrics import Metrics
-from proxy.policy import IDEMPOTENT_METHODS, Route, ThrottleRule
+from proxy.policy import IDEMPOTENT_METHODS, Route, ThrottleRule, Timeouts
 from proxy.throttle import RETRY_AFTER_STATUSES, ThrottleClock, needs_body, retry_after_seconds, throttle_delay
 
 log = logging.getLogger("egress.retry")
@@ -42,10 +42,26 @@ class Answer:
     response: aiohttp.ClientResponse
     body: bytes | None = None
     prefix: bytes = b""  # the start of a body read in part (it outgrew a limit): still owed to the caller
+    throttled: bool = False  # the upstream said "slow down" (a 429, or a throttle rule matched), as judged once
 
     @property
     def status(self) -> int:
         return self.response.status
+
+    async def read_up_to(
+        self, limit: int, within: float | None, upstream: str, timeouts: Timeouts, deadline: Deadline
+    ) -> tuple[bytes, bool]:
+        """The body if it fits in `limit` bytes, else what was read of it (`read_capped`), within `within`
+        seconds. On failure the response is closed and the failure raised as an EgressError."""
+        try:
+            async with asyncio.timeout(within):
+                return await read_capped(self.response.content, limit)
+        except TimeoutError as exc:  # first: the deadline's and aiohttp's read timeouts are OSErrors too
+            self.close()
+            raise timed_out(exc, upstream, timeouts, deadline) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            self.close()
+            raise classify(exc, upstream, timeouts) from exc
 
     async def discard(self, deadline: Deadline) -> None:
         """Done with this response without passing it on: keep the connection if that is cheap (a small body
@@ -156,15 +172,13 @@ class RetryLoop:
         """Throttle signals hide in bodies (WhatsApp's 400 + code 130429): read them, within the deadline.
         A body too large to be such a signal is not one: what was read of it goes first when it is passed on."""
         ctx = self.ctx
+        within = max(ctx.deadline.remaining(), 0.001)
         try:
-            async with asyncio.timeout(max(ctx.deadline.remaining(), 0.001)):
-                data, complete = await read_capped(answer.response.content, THROTTLE_BODY_LIMIT)
-        except TimeoutError as exc:  # first: the deadline's and aiohttp's read timeouts are OSErrors too
-            answer.close()
-            return timed_out(exc, ctx.upstream, ctx.route.timeouts, ctx.deadline)
-        except (aiohttp.ClientError, OSError):
-            answer.close()
-            return UpstreamReset("the response body was cut short", upstream=ctx.upstream)
+            data, complete = await answer.read_up_to(
+                THROTTLE_BODY_LIMIT, within, ctx.upstream, ctx.route.timeouts, ctx.deadline
+            )
+        except EgressError as error:
+            return error
         if complete:
             answer.body = data
         else:
@@ -187,6 +201,7 @@ class RetryLoop:
             delay = throttle_delay(
                 ctx.throttle_rules, status, outcome.response.headers.get("Retry-After"), outcome.body
             )
+            outcome.throttled = delay is not None  # for the cache's stale-if-error, should this be the answer
             if delay is not None:
                 reason = "throttled"
                 if delay > 0:
