@@ -19,12 +19,11 @@ import aiohttp
 import uvloop
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
-from prometheus_client import CollectorRegistry, Counter, Histogram
 from yarl import URL
 
 from proxy.headers import REQUEST_ID, request_id
 from proxy.logs import configure, log_access
-from proxy.metrics import DURATION_BUCKETS
+from proxy.metrics import Metrics, method_label
 
 HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"})
 
@@ -68,12 +67,7 @@ class Conforming:
 
     def __init__(self, inner: Passthrough) -> None:
         self.inner = inner
-        registry = CollectorRegistry()
-        labels = ["upstream", "route", "method", "code"]
-        self.requests = Counter("egress_requests_total", "Requests", labels, registry=registry)
-        self.duration = Histogram("egress_request_duration_seconds", "Duration", ["upstream", "route"],
-                                  buckets=DURATION_BUCKETS, registry=registry)
-        self.children: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
+        self.metrics = Metrics()  # the sidecar's own series, counted the sidecar's way
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
@@ -82,12 +76,7 @@ class Conforming:
             response = await self.inner(request, rid)
         elapsed = time.monotonic() - started
         upstream = request.raw_path[1:].partition("/")[0]
-        key = (upstream, request.method, str(response.status))
-        if (series := self.children.get(key)) is None:
-            series = self.children[key] = (self.requests.labels(upstream, "default", *key[1:]),
-                                           self.duration.labels(upstream, "default"))
-        series[0].inc()
-        series[1].observe(elapsed)
+        self.metrics.route(upstream, "default").answered(method_label(request.method), str(response.status), elapsed)
         log_access({"request_id": rid, "upstream": upstream, "route": "default", "method": request.method,
                     "path": request.raw_path, "status": response.status, "duration_ms": round(elapsed * 1000, 2),
                     "bytes": response.body_length})
