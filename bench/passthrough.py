@@ -22,7 +22,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.headers import REQUEST_ID, request_id
-from proxy.logs import configure, log_access
+from proxy.logs import AccessEntry, configure, log_access
 from proxy.metrics import Metrics, method_label
 
 HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"})
@@ -77,9 +77,8 @@ class Conforming:
         elapsed = time.monotonic() - started
         upstream = request.raw_path[1:].partition("/")[0]
         self.metrics.route(upstream, "default").answered(method_label(request.method), str(response.status), elapsed)
-        log_access({"request_id": rid, "upstream": upstream, "route": "default", "method": request.method,
-                    "path": request.raw_path, "status": response.status, "duration_ms": round(elapsed * 1000, 2),
-                    "bytes": response.body_length})
+        log_access(AccessEntry(rid, upstream, "default", request.method, request.raw_path, response.status,
+                               round(elapsed * 1000, 2), response.body_length))
         return response
 
 

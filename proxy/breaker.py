@@ -52,8 +52,11 @@ class Trial:
 
 
 class Breaker:
-    def __init__(self, name: str, policy: BreakerPolicy, listener: pybreaker.CircuitBreakerListener) -> None:
+    def __init__(
+        self, name: str, upstream: str, policy: BreakerPolicy, listener: pybreaker.CircuitBreakerListener
+    ) -> None:
         self.name = name
+        self.upstream = upstream
         self.policy = policy
         self._cb = pybreaker.CircuitBreaker(
             fail_max=policy.failures,
@@ -69,6 +72,7 @@ class Breaker:
         self._trial: Trial | None = None
         self.forced_open = False  # an operator's "open" holds until an operator closes it
         self.outcomes: Counter[str] = Counter()
+        self._answer: CircuitOpen | None = None  # while open: the refusal, made once per open period
 
     # -- state -------------------------------------------------------------------------------------
 
@@ -89,23 +93,34 @@ class Breaker:
     def retry_at(self) -> float | None:
         return None if self.opened_at is None or self.state != "open" else self.opened_at + self.policy.reset_after
 
-    def check_open(self, upstream: str) -> None:
-        """Raise `CircuitOpen` while open and not yet due for a trial; no side effects. The pipeline asks
-        this first, so a refused request costs no deadline, bulkhead slot or body read."""
-        if self.forced_open:
-            raise CircuitOpen(
-                f"breaker {self.name} was opened by an operator", upstream=upstream, retry_after=self.policy.reset_after
-            )
-        if self.state == pybreaker.STATE_OPEN:
-            wait = self.retry_in()
-            if wait > 0:
-                raise CircuitOpen(f"breaker {self.name} is open", upstream=upstream, retry_after=wait)
+    def refusal(self) -> CircuitOpen | None:
+        """The answer while open and not yet due for a trial, else None; no side effects. The pipeline asks
+        this first, so a refused request costs no cache lookup, deadline, bulkhead slot or body read. The answer
+        is made once per open period (an exception is dear to make) and must only be rendered, never raised:
+        a raised exception keeps its traceback, and this one is shared."""
+        answer = self._answer
+        if answer is not None and (answer.retry_at is None or time.monotonic() < answer.retry_at):
+            return answer
+        return None
+
+    def check_open(self) -> None:
+        """Raise a `CircuitOpen` of its own where `refusal()` would answer."""
+        if self.refusal() is not None:
+            raise self._open_answer()
+
+    def _open_answer(self) -> CircuitOpen:
+        reset_after = self.policy.reset_after
+        if self.forced_open:  # no trial is due: the advice is the policy's wait
+            detail = f"breaker {self.name} was opened by an operator"
+            return CircuitOpen(detail, upstream=self.upstream, retry_after=reset_after)
+        detail = f"breaker {self.name} is open"
+        return CircuitOpen(detail, upstream=self.upstream, retry_at=self._opened_mono + reset_after)
 
     # -- the two calls the retry loop makes ----------------------------------------------------------
 
-    def admit(self, upstream: str) -> Trial:
+    def admit(self) -> Trial:
         """Before an attempt: raise `CircuitOpen` (no upstream contact) or grant the attempt."""
-        self.check_open(upstream)
+        self.check_open()
         state = self.state
         if state == pybreaker.STATE_OPEN:  # open, and reset_after has passed: this request is the trial
             self._cb.half_open()
@@ -114,7 +129,7 @@ class Breaker:
             if self._trial is not None:
                 raise CircuitOpen(
                     f"breaker {self.name} is half-open and its trial request is in flight",
-                    upstream=upstream,
+                    upstream=self.upstream,
                     retry_after=1.0,
                 )
             self._trial = Trial(self, is_trial=True)
@@ -158,6 +173,8 @@ class Breaker:
         self.policy = policy
         self._cb.fail_max = policy.failures
         self._cb.reset_timeout = policy.reset_after
+        if self._answer is not None:
+            self._answer = self._open_answer()
 
     # -- operator overrides ---------------------------------------------------------------------------
 
@@ -193,7 +210,10 @@ class Breaker:
         if new == pybreaker.STATE_OPEN:
             self.opened_at = time.time()
             self._opened_mono = time.monotonic()
-        elif new == pybreaker.STATE_CLOSED:
+            self._answer = self._open_answer()
+            return
+        self._answer = None
+        if new == pybreaker.STATE_CLOSED:
             self.opened_at = None
 
 

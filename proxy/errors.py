@@ -7,6 +7,8 @@ JSON body plus `X-Egress-Error`, so callers can always tell the sidecar's failur
 
 from __future__ import annotations
 
+import time
+
 
 class EgressError(Exception):
     status = 502
@@ -83,14 +85,18 @@ class Unavailable(EgressError):
 
     status = 503
 
-    def __init__(self, detail: str = "", *, upstream: str = "", retry_after: float | None = None) -> None:
+    def __init__(
+        self, detail: str = "", *, upstream: str = "", retry_after: float | None = None, retry_at: float | None = None
+    ) -> None:
         super().__init__(detail, upstream=upstream, sent=False)
-        self.retry_after = retry_after
+        self.retry_after = retry_after  # the advice in seconds, or ...
+        self.retry_at = retry_at  # ... a time.monotonic() instant: the advice is the time left until then
 
     def headers(self) -> dict[str, str]:
-        if self.retry_after is None:
+        wait = self.retry_after if self.retry_at is None else self.retry_at - time.monotonic()
+        if wait is None:
             return {}
-        return {"Retry-After": str(max(1, round(self.retry_after + 0.499)))}
+        return {"Retry-After": str(max(1, round(wait + 0.499)))}
 
 
 class CircuitOpen(Unavailable):

@@ -8,11 +8,13 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from proxy.policy.render import redact_query
 
 access_log = logging.getLogger("egress.access")
+Fields = Callable[[], dict[str, Any]]
 
 
 def redact_target(path: str, query: str) -> str:
@@ -38,7 +40,8 @@ class _SecondStamp:
 class LineFormatter(logging.Formatter):
     """A formatter that can also make a line without a LogRecord: the access log's fast path."""
 
-    def line(self, created: float, level: str, name: str, message: str, fields: dict[str, Any] | None) -> str:
+    def line(self, created: float, level: str, name: str, message: str, fields: Fields | None) -> str:
+        """`fields` makes the line's structured fields: called only by a format that shows them."""
         raise NotImplementedError
 
 
@@ -62,8 +65,8 @@ class JsonFormatter(LineFormatter):
             entry.update(fields)
         return entry
 
-    def line(self, created: float, level: str, name: str, message: str, fields: dict[str, Any] | None) -> str:
-        return json.dumps(self._entry(created, level, name, message, fields), default=str)
+    def line(self, created: float, level: str, name: str, message: str, fields: Fields | None) -> str:
+        return json.dumps(self._entry(created, level, name, message, fields and fields()), default=str)
 
     def format(self, record: logging.LogRecord) -> str:
         entry = self._entry(
@@ -85,9 +88,9 @@ class TextFormatter(LineFormatter):
     def _time(self, created: float) -> str:
         return f"{self._stamp(created)},{_msecs(created):03d}"
 
-    def line(self, created: float, level: str, name: str, message: str, fields: dict[str, Any] | None) -> str:
+    def line(self, created: float, level: str, name: str, message: str, fields: Fields | None) -> str:
         # The same line as the format string above, without the generic machinery: one per request.
-        return f"{self._time(created)} {level} {name} {message}"
+        return f"{self._stamp(created)},{_msecs(created):03d} {level} {name} {message}"
 
     def format(self, record: logging.LogRecord) -> str:
         if record.exc_info or record.exc_text or record.stack_info:
@@ -157,19 +160,48 @@ def configure(level: str = "info", fmt: str = "text") -> None:
     logging.logMultiprocessing = False
 
 
-def log_access(fields: dict[str, Any]) -> None:
+class AccessEntry(NamedTuple):
+    """One access-log line: a fixed set of fields, like nginx's `log_format`. One is made per request, so it is
+    a tuple, and its text is one f-string; empty fields are left out of the text (a JSON line has them all)."""
+
+    request_id: str
+    upstream: str  # "" when the request named no known upstream
+    route: str
+    method: str
+    path: str  # redacted (see redact_target)
+    status: int
+    duration_ms: float
+    bytes: int = 0
+    attempts: int = 0
+    egress_error: str | None = None
+    cache: str | None = None
+
+    def message(self) -> str:
+        where = f" upstream={self.upstream} route={self.route}" if self.upstream else ""
+        text = (
+            f"request_id={self.request_id}{where} method={self.method} path={self.path} status={self.status}"
+            f" duration_ms={self.duration_ms} bytes={self.bytes} attempts={self.attempts}"
+        )
+        if self.egress_error:
+            text += f" egress_error={self.egress_error}"
+        if self.cache:
+            text += f" cache={self.cache}"
+        return text
+
+
+def log_access(entry: AccessEntry) -> None:
     if not access_log.isEnabledFor(logging.INFO):
         return
-    text = " ".join([f"{k}={v}" for k, v in fields.items() if v is not None and v != ""])
     sole = _sole_handler()
     if sole is not None:
         # The running sidecar: access lines have one destination, so they need no LogRecord, no handler
         # lookup and no lock (they are only written from the event loop). About half the cost of a record.
-        sole[0].write_line(sole[1].line(time.time(), "INFO", access_log.name, text, fields))
+        handler, formatter = sole
+        handler.write_line(formatter.line(time.time(), "INFO", access_log.name, entry.message(), entry._asdict))
         return
     # A record made directly: `Logger.info` would walk the stack to find the caller, on every request.
-    record = logging.LogRecord(access_log.name, logging.INFO, __file__, 0, text, None, None)
-    record.fields = fields
+    record = logging.LogRecord(access_log.name, logging.INFO, __file__, 0, entry.message(), None, None)
+    record.fields = entry._asdict()
     access_log.handle(record)
 
 

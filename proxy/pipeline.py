@@ -1,13 +1,14 @@
 """The data path, top to bottom. Every proxied request crosses these stages in this order:
 
     route       /<upstream>/<path> + METHOD glob -> Route        (404 no_route, 400/405 bad_request)
+    refuse      an open breaker answers at once, unless the cache may (503 circuit_open)
     cache       a HIT answers here, without an upstream slot; identical concurrent misses wait for one
                 fetch (single-flight, within their own deadline); MISS / REFRESH / BYPASS go on
     deadline    the route's total, shortened by X-Egress-Timeout (a cacheable read's starts before its lookup)
     bulkhead    a slot in the upstream's limits                    (503 overloaded, 504 pool timeout)
     body        buffered up to retry.max_body so it can be replayed, else streamed  (413, 408 past the deadline)
     retry loop  backoff, budget, Retry-After/throttle, idempotency rule
-      breaker     fail fast while open                            (503 circuit_open)
+      breaker     admit the attempt: the half-open trial, or stop when it opened (503 circuit_open)
       attempt     one request upstream, classified                 (504 timeout, 502 connect_error/reset)
     cache fill  store a cacheable answer; STALE instead of a failure; a 2xx write invalidates its path
     respond     stream the answer through, or render the EgressError
@@ -30,10 +31,10 @@ from aiohttp import web
 from proxy.breaker import Trial
 from proxy.cache import CACHE_HEADER, Entry, Lookup, ReadPlan, WritePlan
 from proxy.deadline import CALLER_TIMEOUT_HEADER, Deadline
-from proxy.errors import BadRequest, EgressError, RequestTimeout, Unavailable, UpstreamTimeout
+from proxy.errors import BadRequest, CircuitOpen, EgressError, RequestTimeout, Unavailable, UpstreamTimeout
 from proxy.forward import Outgoing, RequestBody
 from proxy.headers import REQUEST_ID, request_id
-from proxy.logs import log_access, redact_target
+from proxy.logs import AccessEntry, log_access, redact_target
 from proxy.metrics import method_label
 from proxy.policy import Route
 from proxy.respond import Delivery, entry_response, error_response, send_answer
@@ -84,8 +85,10 @@ class Pipeline:
         response: web.StreamResponse
         self.active += 1
         try:
-            ex.target = self.runtime.router.resolve(request.method, request.raw_path)
-            response = await self._cached(request, ex, self.runtime.upstreams[ex.target.upstream.name])
+            target = ex.target = self.runtime.router.resolve(request.method, request.raw_path)
+            state = self.runtime.upstreams[target.upstream.name]
+            refusal = self._refusal(request.method, target.route, state)
+            response = self._refuse(refusal, ex) if refusal is not None else await self._cached(request, ex, state)
         except EgressError as error:
             response = self._refuse(error, ex)
         except asyncio.CancelledError:
@@ -109,6 +112,14 @@ class Pipeline:
         except TimeoutError:
             return False
         return True
+
+    def _refusal(self, method: str, route: Route, state: UpstreamState) -> CircuitOpen | None:
+        """While its breaker is open a request is refused before anything else (no cache plan, deadline or slot,
+        and no exception: an outage is when refusals come by the thousand), unless the cache may answer it:
+        a HIT, or STALE in place of this very refusal."""
+        if self.runtime.cache.may_answer(route, method):
+            return None
+        return state.breaker_for(route).refusal()
 
     # -- cache: HIT, single-flight, STALE, store, invalidate --------------------------------------------
 
@@ -217,7 +228,7 @@ class Pipeline:
     ) -> web.StreamResponse:
         assert ex.target is not None
         route = ex.target.route
-        state.breaker_for(route).check_open(state.upstream.name)  # an open breaker refuses before any work
+        state.breaker_for(route).check_open()  # an open breaker refuses before any work
         deadline = _deadline(request, route) if deadline is None else deadline
         gauge = state.inflight
         gauge.inc()
@@ -338,25 +349,18 @@ class Pipeline:
 
     def _account(self, request: web.BaseRequest, ex: Exchange) -> None:
         elapsed = time.monotonic() - ex.started
-        upstream = ex.target.upstream.name if ex.target else ""
-        route = ex.target.route.name if ex.target else ""
+        target = ex.target
+        upstream, route = (target.upstream.name, target.route.name) if target is not None else ("", "")
         status = 499 if ex.delivery.broken == "client_disconnected" else ex.status
         self.metrics.route(upstream, route).answered(method_label(ex.method), str(status), elapsed)
-        path, _, query = request.raw_path.partition("?")
+        path = request.raw_path
+        if "?" in path:
+            path = redact_target(*path.split("?", 1))
         log_access(
-            {
-                "request_id": ex.request_id,
-                "upstream": upstream,
-                "route": route,
-                "method": ex.method,
-                "path": redact_target(path, query),
-                "status": status,
-                "duration_ms": round(elapsed * 1000, 2),
-                "bytes": ex.delivery.sent,
-                "attempts": ex.attempts,
-                "egress_error": ex.error,
-                "cache": ex.cache,
-            }
+            AccessEntry(
+                ex.request_id, upstream, route, ex.method, path, status, round(elapsed * 1000, 2),
+                ex.delivery.sent, ex.attempts, ex.error, ex.cache,
+            )
         )
 
 

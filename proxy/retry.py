@@ -131,7 +131,7 @@ class RetryLoop:
         while True:
             try:
                 await ctx.throttle.wait(ctx.deadline)
-                trial = ctx.breaker.admit(ctx.upstream)
+                trial = ctx.breaker.admit()
             except EgressError as refused:
                 # A loop stops at once when its breaker opens: the caller gets the last real answer if any,
                 # which is why a retried-past response is only discarded once the next attempt is admitted.

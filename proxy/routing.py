@@ -6,6 +6,7 @@ absolute-form targets and CONNECT are refused, and no path can climb out of the 
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,11 +40,23 @@ def _escapes(path: str) -> bool:
     return False
 
 
+# Request targets worth remembering: a sidecar sees few distinct ones (a phone number id, a model name), so each
+# is matched once. Longer ones (PostgREST queries) are matched every time, and the memo stays small.
+MEMO_SIZE = 1024
+MEMO_TARGET_LENGTH = 256
+
+
 class Router:
     def __init__(self, upstreams: Mapping[str, Upstream]) -> None:
         self._upstreams = dict(upstreams)
+        self._memo = functools.lru_cache(maxsize=MEMO_SIZE)(self._match)  # a Target is immutable
 
     def resolve(self, method: str, raw_target: str) -> Target:
+        if len(raw_target) <= MEMO_TARGET_LENGTH:
+            return self._memo(method, raw_target)
+        return self._match(method, raw_target)
+
+    def _match(self, method: str, raw_target: str) -> Target:
         if method == "CONNECT":
             raise MethodNotAllowed("CONNECT is not supported: the sidecar is not an open proxy")
         if not raw_target.startswith("/"):

@@ -81,7 +81,7 @@ class UpstreamState:
                 kept.reconfigure(route.breaker)
                 self.breakers[route.breaker_name] = kept
             else:
-                self.breakers[route.breaker_name] = Breaker(route.breaker_name, route.breaker, listener)
+                self.breakers[route.breaker_name] = Breaker(route.breaker_name, upstream.name, route.breaker, listener)
                 metrics.breaker_state.labels(route.breaker_name).set(0)
         # Attempts and failures over the last minute, for /upstreams.
         self._recent: SlidingCounts = (

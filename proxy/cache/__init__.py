@@ -36,7 +36,7 @@ from proxy.deadline import Deadline
 from proxy.errors import EgressError, Throttled, UpstreamTimeout
 from proxy.logs import redact_target
 from proxy.metrics import Metrics
-from proxy.policy import CacheSettings, RouteCache, Upstream
+from proxy.policy import CacheSettings, Route, RouteCache, Upstream
 from proxy.routing import Target
 
 __all__ = ["CACHE_HEADER", "Entry", "Lookup", "ReadPlan", "ResponseCache", "WritePlan"]
@@ -128,9 +128,13 @@ class ResponseCache:
 
     # -- what a request is to the cache ---------------------------------------------------------------
 
+    def may_answer(self, route: Route, method: str) -> bool:
+        """Whether a request could be answered from the cache (a HIT, or STALE while the upstream fails)."""
+        return method in CACHEABLE_METHODS and route.cache is not None
+
     def plan(self, target: Target, method: str, headers: CIMultiDictProxy[str]) -> ReadPlan | WritePlan | None:
         route = target.route
-        if method in CACHEABLE_METHODS and route.cache is not None:
+        if route.cache is not None and self.may_answer(route, method):
             identity = header_values(headers, route.cache.vary)
             key = self.keys.request(
                 target.upstream.name, route.name, method, target.path, target.query, identity, self._origin(target)

@@ -8,7 +8,9 @@ import logging
 import time
 
 import aiohttp
+import pytest
 
+from proxy.errors import CircuitOpen
 from tests.proxy.test_admin import sample
 from tests.support.upstream import delay, respond
 
@@ -239,3 +241,46 @@ async def test_a_probe_from_before_an_operator_close_does_not_settle_a_later_hal
     assert (status, headers.get("X-Egress-Error")) == (503, "circuit_open")  # the second probe is still out
     assert (await second_probe)[0] == 200
     assert breaker.state == "closed"
+
+
+async def test_retry_after_counts_down_to_the_trial(upstream, make_sidecar, client):
+    # The refusal is made once per open period; its Retry-After must still be the time left, not the time
+    # left when it was made.
+    upstream.default = respond(500)
+    sc = await make_sidecar(policy(upstream.url, "failures: 1, reset_after: 3s"))
+    assert (await call(client, sc.url + "/gemini/x"))[0] == 500
+    status, headers = await call(client, sc.url + "/gemini/x")
+    assert (status, headers["Retry-After"]) == (503, "3")
+    await asyncio.sleep(1.1)
+    status, headers = await call(client, sc.url + "/gemini/x")
+    assert (status, headers["Retry-After"]) == (503, "2")
+
+
+async def test_the_shared_refusal_is_only_ever_rendered_never_raised(upstream, make_sidecar, client):
+    upstream.default = respond(500)
+    sc = await make_sidecar(policy(upstream.url, "failures: 1, reset_after: 30s", attempts=3))
+    breaker = sc.runtime.breakers["gemini"]
+    assert (await call(client, sc.url + "/gemini/x"))[0] == 500  # opened by the first attempt; no retry
+    shared = breaker.refusal()
+    assert shared is not None and shared.detail == "breaker gemini is open"
+    for _ in range(3):
+        status, headers = await call(client, sc.url + "/gemini/x")
+        assert (status, headers["X-Egress-Error"]) == (503, "circuit_open")
+    assert breaker.refusal() is shared
+    with pytest.raises(CircuitOpen) as raised:
+        breaker.check_open()  # the retry loop's check raises one of its own
+    assert raised.value is not shared
+    assert shared.__traceback__ is None  # a raised, shared exception would collect tracebacks
+
+
+async def test_an_operators_open_refuses_with_its_own_detail_and_the_policy_wait(upstream, make_sidecar, client):
+    upstream.default = respond(200)
+    sc = await make_sidecar(policy(upstream.url, "failures: 3, reset_after: 2s"))
+    async with client.post(sc.admin + "/breakers/gemini/open") as resp:
+        assert resp.status == 200
+    for _ in range(2):
+        async with client.get(sc.url + "/gemini/x") as resp:
+            assert (resp.status, resp.headers["Retry-After"]) == (503, "2")
+            assert (await resp.json())["detail"] == "breaker gemini was opened by an operator"
+        await asyncio.sleep(1.1)  # no trial is due while an operator holds it: the advice stays the policy's wait
+    assert len(upstream.requests) == 0

@@ -24,7 +24,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from proxy.logs import JsonFormatter, TextFormatter, configure, log_access, redact_target
+from proxy.logs import AccessEntry, JsonFormatter, TextFormatter, configure, log_access, redact_target
 from tests.support.upstream import FaultyUpstream, delay, echo, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -365,7 +365,7 @@ def restore_logging() -> Iterator[None]:
 
 def test_configure_json_writes_one_json_object_per_line(restore_logging, capsys):
     configure("info", "json")
-    log_access({"request_id": "r1", "upstream": "g", "path": "/g/x", "status": 200, "error": None})
+    log_access(AccessEntry("r1", "g", "default", "GET", "/g/x", 200, 1.5, bytes=12))
     logging.getLogger("egress.test").debug("hidden at info")
     try:
         raise ValueError("boom")
@@ -374,8 +374,10 @@ def test_configure_json_writes_one_json_object_per_line(restore_logging, capsys)
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2, lines
     access, failure = (json.loads(line) for line in lines)
-    assert access["msg"] == "request_id=r1 upstream=g path=/g/x status=200"
-    assert (access["request_id"], access["status"], access["error"]) == ("r1", 200, None)
+    assert access["msg"] == (
+        "request_id=r1 upstream=g route=default method=GET path=/g/x status=200 duration_ms=1.5 bytes=12 attempts=0"
+    )
+    assert (access["request_id"], access["status"], access["egress_error"], access["cache"]) == ("r1", 200, None, None)
     assert access["logger"] == "egress.access" and access["level"] == "info"
     assert failure["level"] == "error" and "ValueError: boom" in failure["exc"]
     assert logging.getLogger("aiohttp.access").disabled
@@ -384,17 +386,18 @@ def test_configure_json_writes_one_json_object_per_line(restore_logging, capsys)
 def test_configure_text_access_lines_look_like_every_other_line(restore_logging, capsys):
     # Access lines skip the LogRecord (a fast path); they must read exactly like lines that don't.
     configure("info", "text")
-    log_access({"request_id": "r1", "status": 200, "egress_error": None})
+    log_access(AccessEntry("r1", "", "", "GET", "/x", 404, 0.25, egress_error="no_route"))
     logging.getLogger("egress.test").info("hello")
     access, other = capsys.readouterr().err.splitlines()
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
-    assert re.fullmatch(stamp + r" INFO egress\.access request_id=r1 status=200", access), access
+    fields = r"request_id=r1 method=GET path=/x status=404 duration_ms=0\.25 bytes=0 attempts=0 egress_error=no_route"
+    assert re.fullmatch(stamp + r" INFO egress\.access " + fields, access), access
     assert re.fullmatch(stamp + r" INFO egress\.test hello", other), other
 
 
 def test_configure_text_and_level(restore_logging, capsys):
     configure("warning", "text")
-    log_access({"request_id": "r1"})  # below the level: not even formatted
+    log_access(AccessEntry("r1", "g", "default", "GET", "/g/x", 200, 1.0))  # below the level: not even formatted
     logging.getLogger("egress.test").warning("careful")
     [line] = capsys.readouterr().err.splitlines()
     assert line.endswith(" WARNING egress.test careful")

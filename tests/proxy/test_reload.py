@@ -320,3 +320,21 @@ async def test_an_address_change_is_noted_on_every_reload_until_a_restart(upstre
     for _ in range(2):  # the second reload compared with the first's unapplied address, and said nothing
         result = await r.sidecar.reload()
         assert result.applied and [n for n in result.notes if n.startswith("listen changed")], result.notes
+
+
+async def test_a_reload_that_shortens_reset_after_brings_an_open_breakers_trial_forward(upstream, reloadable, client):
+    upstream.default = respond(500)
+    r = await start(reloadable, policy(upstream.url, "1"))  # failures: 2, reset_after: 30s
+    for _ in range(2):
+        async with client.get(r.url + "/gemini/x") as resp:
+            assert resp.status == 500
+    async with client.get(r.url + "/gemini/x") as resp:
+        assert (resp.status, resp.headers["Retry-After"]) == (503, "30")
+    r.text = policy(upstream.url, "1").replace("reset_after: 30s", "reset_after: 300ms")
+    assert (await r.sidecar.reload()).applied
+    async with client.get(r.url + "/gemini/x") as resp:
+        assert (resp.status, resp.headers["Retry-After"]) == (503, "1")
+    await asyncio.sleep(0.35)
+    upstream.default = respond(200)
+    async with client.get(r.url + "/gemini/x") as resp:
+        assert resp.status == 200  # the trial, on the new schedule
