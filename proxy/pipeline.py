@@ -344,7 +344,7 @@ class Pipeline:
         ex.status = error.status
         ex.error = error.reason
         if isinstance(error, Unavailable) and ex.target is not None:
-            self.metrics.child(self.metrics.rejected, ex.target.upstream.name, error.reason).inc()
+            self.metrics.refused(ex.target.upstream.name, error.reason)
         return error_response(error, ex.reply_headers())
 
     def _account(self, request: web.BaseRequest, ex: Exchange) -> None:
