@@ -32,3 +32,10 @@ def test_notes_wait_at_most_a_batch_and_a_scrape_sees_all_of_them():
     assert found["egress_rejected_total", (("reason", "circuit_open"), ("upstream", "gemini"))] == 2
     assert found["egress_rejected_total", (("reason", "overloaded"), ("upstream", "gemini"))] == 1
     assert samples(metrics)["egress_requests_total", labels] == BATCH + 10  # applied once, not again
+
+
+def test_any_reader_of_the_registry_sees_the_waiting_notes():
+    metrics = Metrics()
+    metrics.route("supabase", "default").answered("GET", "200", 0.01)
+    labels = {"upstream": "supabase", "route": "default", "method": "GET", "code": "200"}
+    assert metrics.registry.get_sample_value("egress_requests_total", labels) == 1.0
