@@ -23,9 +23,13 @@ class EgressError(Exception):
         # False only when the request provably never reached the upstream: the one case where a
         # non-idempotent request (a WhatsApp send) may be replayed without risking a duplicate.
         self.sent = sent
+        # (advice, headers, body) as last rendered (respond.error_response): an open breaker's one answer goes
+        # out thousands of times a second, and only its Retry-After ever changes.
+        self.rendered: tuple[str | None, dict[str, str], bytes] | None = None
 
-    def headers(self) -> dict[str, str]:
-        return {}
+    def advice(self) -> str | None:
+        """`Retry-After`, in whole seconds, when the sidecar has any to give."""
+        return None
 
 
 class UpstreamTimeout(EgressError):
@@ -92,11 +96,9 @@ class Unavailable(EgressError):
         self.retry_after = retry_after  # the advice in seconds, or ...
         self.retry_at = retry_at  # ... a time.monotonic() instant: the advice is the time left until then
 
-    def headers(self) -> dict[str, str]:
+    def advice(self) -> str | None:
         wait = self.retry_after if self.retry_at is None else self.retry_at - time.monotonic()
-        if wait is None:
-            return {}
-        return {"Retry-After": str(max(1, round(wait + 0.499)))}
+        return None if wait is None else str(max(1, round(wait + 0.499)))
 
 
 class CircuitOpen(Unavailable):

@@ -82,13 +82,27 @@ class Pipeline:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         ex = Exchange(request_id(request.headers.get(REQUEST_ID)), request.method, time.monotonic())
+        try:
+            target = ex.target = self.runtime.router.resolve(request.method, request.raw_path)
+        except EgressError as error:
+            return self._answer_now(request, ex, error)
+        state = self.runtime.upstreams[target.upstream.name]
+        refusal = self._refusal(request.method, target.route, state)
+        if refusal is not None:
+            return self._answer_now(request, ex, refusal)
+        return await self._handle(request, ex, state)
+
+    def _answer_now(self, request: web.BaseRequest, ex: Exchange, error: EgressError) -> web.Response:
+        """A refusal decided before any work: it waits for nothing, so a graceful stop has nothing to drain."""
+        response = self._refuse(error, ex)
+        self._account(request, ex)
+        return response
+
+    async def _handle(self, request: web.BaseRequest, ex: Exchange, state: UpstreamState) -> web.StreamResponse:
         response: web.StreamResponse
         self.active += 1
         try:
-            target = ex.target = self.runtime.router.resolve(request.method, request.raw_path)
-            state = self.runtime.upstreams[target.upstream.name]
-            refusal = self._refusal(request.method, target.route, state)
-            response = self._refuse(refusal, ex) if refusal is not None else await self._cached(request, ex, state)
+            response = await self._cached(request, ex, state)
         except EgressError as error:
             response = self._refuse(error, ex)
         except asyncio.CancelledError:

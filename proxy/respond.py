@@ -39,14 +39,19 @@ class Delivery:
 
 
 def error_response(error: EgressError, extra: Mapping[str, str]) -> web.Response:
-    headers = {EGRESS_ERROR_HEADER: error.reason, "Content-Type": "application/json", **error.headers(), **extra}
-    return web.Response(status=error.status, body=_error_body(error.reason, error.upstream, error.detail),
-                        headers=headers)
+    advice = error.advice()
+    rendered = error.rendered
+    if rendered is None or rendered[0] != advice:
+        headers = {EGRESS_ERROR_HEADER: error.reason, "Content-Type": "application/json"}
+        if advice is not None:
+            headers["Retry-After"] = advice
+        rendered = error.rendered = (advice, headers, _error_body(error.reason, error.upstream, error.detail))
+    return web.Response(status=error.status, body=rendered[2], headers={**rendered[1], **extra})
 
 
 @functools.lru_cache(maxsize=256)
 def _error_body(reason: str, upstream: str, detail: str) -> bytes:
-    """While a breaker is open the same refusal goes out thousands of times a second: rendered once."""
+    """Refusals of one kind (overloaded, throttled) are each a new error with the same body: rendered once."""
     return json.dumps({"error": reason, "upstream": upstream, "detail": detail}).encode()
 
 
