@@ -4,7 +4,7 @@ One pooled ClientSession, bodies streamed both ways, hop-by-hop headers dropped;
 `python -m bench.passthrough --port P static=http://127.0.0.1:8080 ...`
 
 `--conforming` adds what the sidecar's issue requires of every request and nothing more: connect, read and total
-timeouts, an `X-Request-ID` both ways, one access-log line (the sidecar's own `log_access`, to a file) and the
+timeouts, an `X-Request-ID` both ways, one access-log line (the sidecar's own `Ledger`, to a file) and the
 request counter and duration histogram. No policy stage (routing globs, cache, breaker, bulkhead, retry budget)
 is in it: on this stack, no implementation of the issue can be faster than this.
 """
@@ -21,9 +21,10 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from proxy.account import Ledger
 from proxy.headers import REQUEST_ID, request_id
-from proxy.logs import AccessEntry, configure, log_access
-from proxy.metrics import Metrics, method_label
+from proxy.logs import AccessEntry, configure
+from proxy.metrics import Metrics
 
 HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"})
 
@@ -67,18 +68,17 @@ class Conforming:
 
     def __init__(self, inner: Passthrough) -> None:
         self.inner = inner
-        self.metrics = Metrics()  # the sidecar's own series, counted the sidecar's way
+        self.ledger = Ledger(Metrics())  # the sidecar's own series and access log, accounted the sidecar's way
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
         rid = request_id(request.headers.get(REQUEST_ID))
         async with asyncio.timeout(self.TOTAL):
             response = await self.inner(request, rid)
-        elapsed = time.monotonic() - started
+        elapsed_ms = (time.monotonic() - started) * 1000
         upstream = request.raw_path[1:].partition("/")[0]
-        self.metrics.route(upstream, "default").answered(method_label(request.method), str(response.status), elapsed)
-        log_access(AccessEntry(rid, upstream, "default", request.method, request.raw_path, response.status,
-                               round(elapsed * 1000, 2), response.body_length))
+        self.ledger.record(AccessEntry(rid, upstream, "default", request.method, request.raw_path, response.status,
+                                       elapsed_ms, response.body_length))
         return response
 
 

@@ -12,7 +12,7 @@
       attempt     one request upstream, classified                 (504 timeout, 502 connect_error/reset)
     cache fill  store a cacheable answer; STALE instead of a failure; a 2xx write invalidates its path
     respond     stream the answer through, or render the EgressError
-    account     one access-log line and the metrics
+    account     one access-log line and the metrics, in batches (account.Ledger)
 
 Each stage lives in its own module; this file only wires them.
 """
@@ -23,21 +23,21 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
 
+from proxy.account import Ledger
 from proxy.breaker import Trial
 from proxy.cache import CACHE_HEADER, Entry, Lookup, ReadPlan, WritePlan
 from proxy.deadline import CALLER_TIMEOUT_HEADER, Deadline
 from proxy.errors import BadRequest, CircuitOpen, EgressError, RequestTimeout, Unavailable, UpstreamTimeout
 from proxy.forward import Outgoing, RequestBody
 from proxy.headers import REQUEST_ID, request_id
-from proxy.logs import AccessEntry, log_access, redact_target
-from proxy.metrics import method_label
+from proxy.logs import AccessEntry, redact_target
 from proxy.policy import Route
-from proxy.respond import Delivery, entry_response, error_response, send_answer
+from proxy.respond import entry_response, error_response, send_answer
 from proxy.retry import IDEMPOTENCY_KEY, Answer, Outcome, RetryContext, RetryLoop, breaker_failure, is_idempotent
 from proxy.routing import Target
 from proxy.runtime import Runtime, UpstreamState
@@ -57,7 +57,8 @@ class Exchange:
     attempts: int = 0
     error: str | None = None
     cache: str | None = None
-    delivery: Delivery = field(default_factory=Delivery)
+    sent: int = 0  # body bytes written to the caller
+    broken: str | None = None  # who cut the response short, if anyone (see respond.Delivery)
 
     def reply_headers(self) -> dict[str, str]:
         headers = {REQUEST_ID: self.request_id}
@@ -77,6 +78,7 @@ class Pipeline:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.metrics = runtime.metrics
+        self.ledger = Ledger(runtime.metrics)  # the metrics live as long as the process: reloads keep them
         self.active = 0  # requests in flight, for a graceful stop
         self._drained: asyncio.Event | None = None
 
@@ -106,7 +108,7 @@ class Pipeline:
         except EgressError as error:
             response = self._refuse(error, ex)
         except asyncio.CancelledError:
-            ex.delivery.broken = "client_disconnected"  # the caller hung up; its upstream call was cancelled
+            ex.broken = "client_disconnected"  # the caller hung up; its upstream call was cancelled
             raise
         finally:
             self.active -= 1  # first: a failing access log must not keep a graceful stop waiting
@@ -227,7 +229,7 @@ class Pipeline:
         ex.cache = lookup.result
         ex.status = entry.status
         response = entry_response(entry, request.method, ex.reply_headers())
-        ex.delivery.sent = len(response.body) if isinstance(response.body, bytes) else 0
+        ex.sent = len(response.body) if isinstance(response.body, bytes) else 0
         return response
 
     # -- deadline, bulkhead, retry loop ----------------------------------------------------------------
@@ -343,15 +345,16 @@ class Pipeline:
     ) -> web.StreamResponse:
         ex.status = answer.status
         try:
-            response, ex.delivery = await send_answer(
+            response, delivery = await send_answer(
                 request, answer, ex.reply_headers(), max(deadline.remaining(), 0.001), prefix or answer.prefix
             )
         finally:
             answer.response.close()  # a no-op once released to the pool; frees it on any early exit
-        if ex.delivery.broken and ex.delivery.broken != "client_disconnected":
-            ex.error = ex.delivery.broken
+        ex.sent, ex.broken = delivery.sent, delivery.broken
+        if ex.broken and ex.broken != "client_disconnected":
+            ex.error = ex.broken
             assert ex.target is not None
-            self.metrics.child(self.metrics.upstream_errors, ex.target.upstream.name, ex.delivery.broken).inc()
+            self.metrics.child(self.metrics.upstream_errors, ex.target.upstream.name, ex.broken).inc()
         return response
 
     def _refuse(self, error: EgressError, ex: Exchange) -> web.Response:
@@ -359,21 +362,21 @@ class Pipeline:
         ex.error = error.reason
         if isinstance(error, Unavailable) and ex.target is not None:
             self.metrics.refused(ex.target.upstream.name, error.reason)
-        return error_response(error, ex.reply_headers())
+        response = error_response(error, ex.reply_headers())
+        ex.sent = response.content_length or 0
+        return response
 
     def _account(self, request: web.BaseRequest, ex: Exchange) -> None:
-        elapsed = time.monotonic() - ex.started
         target = ex.target
         upstream, route = (target.upstream.name, target.route.name) if target is not None else ("", "")
-        status = 499 if ex.delivery.broken == "client_disconnected" else ex.status
-        self.metrics.route(upstream, route).answered(method_label(ex.method), str(status), elapsed)
+        status = 499 if ex.broken == "client_disconnected" else ex.status
         path = request.raw_path
         if "?" in path:
             path = redact_target(*path.split("?", 1))
-        log_access(
+        self.ledger.record(
             AccessEntry(
-                ex.request_id, upstream, route, ex.method, path, status, round(elapsed * 1000, 2),
-                ex.delivery.sent, ex.attempts, ex.error, ex.cache,
+                ex.request_id, upstream, route, ex.method, path, status, (time.monotonic() - ex.started) * 1000,
+                ex.sent, ex.attempts, ex.error, ex.cache,
             )
         )
 

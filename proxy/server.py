@@ -135,6 +135,8 @@ class Sidecar:
                 log.warning("shutdown grace (%gs) is over: cancelling %d requests in flight",
                             self.policy.shutdown_grace, self.pipeline.active)
             await runner.cleanup()
+        if self.pipeline is not None:
+            self.pipeline.ledger.close()  # the last requests' lines and counts
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
             self._admin_runner = None

@@ -33,6 +33,8 @@ async def test_a_timeout_in_the_sidecar_is_504_external_api_timeout_with_the_cal
     assert (status, body) == (504, {"error": "external_api_timeout", "request_id": "trace-4711"})
     assert headers["X-Request-ID"] == "trace-4711"
     # the same id is in the sidecar's access log: one id follows the request through both
+    assert stack.sidecar is not None
+    stack.sidecar.settle()
     sidecar_lines = [r.getMessage() for r in caplog.records if r.name == "egress.access"]
     assert any("request_id=trace-4711" in line and "upstream=gemini" in line for line in sidecar_lines)
 

@@ -1,10 +1,23 @@
-"""Per-request counts are applied in batches: never more than BATCH wait, and a scrape sees every one."""
+"""Per-request accounting in batches (proxy.account.Ledger, and the refusal counts in Metrics): never more than a
+batch waits, a line keeps its request's time and place, and any reader of the registry sees every request."""
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
+import logging
+from collections.abc import Iterator
+from datetime import datetime
+
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from proxy.metrics import BATCH, Metrics
+from proxy.account import Ledger
+from proxy.logs import AccessEntry, BufferedStreamHandler, JsonFormatter, access_log
+from proxy.metrics import Metrics
+
+ANSWERED = (("code", "200"), ("method", "POST"), ("route", "generate"), ("upstream", "gemini"))
 
 
 def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -15,27 +28,80 @@ def samples(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
     }
 
 
-def test_notes_wait_at_most_a_batch_and_a_scrape_sees_all_of_them():
+def entry(request_id: str, status: int = 200, ms: float = 3.0, **kw: object) -> AccessEntry:
+    return AccessEntry(request_id, "gemini", "generate", "POST", "/gemini/x", status, ms, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def access_lines() -> Iterator[io.StringIO]:
+    """The access log as `configure` sets it up (one buffered handler, JSON), into a string."""
+    stream = io.StringIO()
+    handler = BufferedStreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    saved = access_log.handlers[:], access_log.propagate, access_log.level
+    access_log.handlers[:] = [handler]
+    access_log.propagate = False
+    access_log.setLevel(logging.INFO)
+    yield stream
+    access_log.handlers[:], access_log.propagate, _ = saved
+    access_log.setLevel(saved[2])
+
+
+def lines(stream: io.StringIO) -> list[dict[str, object]]:
+    for handler in access_log.handlers:
+        handler.flush()
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+async def test_entries_wait_at_most_a_batch_and_keep_their_time_and_order(access_lines):
     metrics = Metrics()
-    route = metrics.route("gemini", "generate")
-    for _ in range(BATCH + 10):
-        route.answered("POST", "200", 0.003)
+    ledger = Ledger(metrics, batch=4, interval=60)
+    ledger.record(entry("r0", ms=2.0))
+    await asyncio.sleep(0.3)
+    for n in range(1, 3):
+        ledger.record(entry(f"r{n}", ms=2.0 + n))
+    assert lines(access_lines) == []  # waiting: under the batch, and the timer is a minute away
+    ledger.record(entry("r3", status=503, ms=0.0123, egress_error="circuit_open"))
+    written = lines(access_lines)  # the 4th filled the batch
+    assert [line["request_id"] for line in written] == ["r0", "r1", "r2", "r3"]
+    assert written[3]["duration_ms"] == 0.01 and written[3]["egress_error"] == "circuit_open"
+    stamps = [datetime.strptime(str(line["ts"]), "%Y-%m-%dT%H:%M:%S.%fZ") for line in written]
+    assert (stamps[1] - stamps[0]).total_seconds() >= 0.25  # stamped when recorded, not when settled
+    found = samples(metrics)
+    assert found["egress_requests_total", ANSWERED] == 3
+    bucket = (("le", "0.005"), ("route", "generate"), ("upstream", "gemini"))
+    assert found["egress_request_duration_seconds_bucket", bucket] == 4  # 2, 3, 4 and 0.0123 ms: raw, not rounded
+    ledger.close()
+
+
+async def test_a_scrape_and_any_reader_of_the_registry_see_every_request(access_lines):
+    metrics = Metrics()
+    ledger = Ledger(metrics, batch=1000, interval=60)
+    ledger.record(entry("r1"))
     metrics.refused("gemini", "circuit_open")
     metrics.refused("gemini", "circuit_open")
     metrics.refused("gemini", "overloaded")
-    assert len(metrics._answers) == 10  # the first BATCH were applied when the batch filled
+    labels = dict(ANSWERED)
+    assert metrics.registry.get_sample_value("egress_requests_total", labels) == 1.0
+    assert [line["request_id"] for line in lines(access_lines)] == ["r1"]  # settled by the read, logged too
     found = samples(metrics)
-    labels = (("code", "200"), ("method", "POST"), ("route", "generate"), ("upstream", "gemini"))
-    assert found["egress_requests_total", labels] == BATCH + 10
-    bucket = (("le", "0.005"), ("route", "generate"), ("upstream", "gemini"))
-    assert found["egress_request_duration_seconds_bucket", bucket] == BATCH + 10
     assert found["egress_rejected_total", (("reason", "circuit_open"), ("upstream", "gemini"))] == 2
     assert found["egress_rejected_total", (("reason", "overloaded"), ("upstream", "gemini"))] == 1
-    assert samples(metrics)["egress_requests_total", labels] == BATCH + 10  # applied once, not again
+    assert found["egress_requests_total", ANSWERED] == 1  # applied once, not again
 
 
-def test_any_reader_of_the_registry_sees_the_waiting_notes():
+async def test_the_timer_settles_a_quiet_ledger_and_close_settles_the_rest(access_lines):
     metrics = Metrics()
-    metrics.route("supabase", "default").answered("GET", "200", 0.01)
-    labels = {"upstream": "supabase", "route": "default", "method": "GET", "code": "200"}
-    assert metrics.registry.get_sample_value("egress_requests_total", labels) == 1.0
+    ledger = Ledger(metrics, batch=1000, interval=0.05)
+    ledger.record(entry("r1"))
+    await asyncio.sleep(0.15)
+    assert [line["request_id"] for line in lines(access_lines)] == ["r1"]
+    ledger.record(entry("r2"))
+    ledger.close()  # a stop: nothing is left waiting
+    assert [line["request_id"] for line in lines(access_lines)] == ["r1", "r2"]
+
+
+def test_without_an_event_loop_entries_are_accounted_at_once(access_lines):
+    metrics = Metrics()
+    Ledger(metrics, batch=1000).record(entry("r1"))
+    assert [line["request_id"] for line in lines(access_lines)] == ["r1"]

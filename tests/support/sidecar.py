@@ -28,6 +28,11 @@ class RunningSidecar:
         assert self.sidecar.runtime is not None
         return self.sidecar.runtime
 
+    def settle(self) -> None:
+        """Account the requests answered so far (the access log and metrics are written in batches)."""
+        assert self.sidecar.pipeline is not None
+        self.sidecar.pipeline.ledger.settle()
+
 
 def policy_text(body: str) -> str:
     """Ephemeral ports unless the test says otherwise."""

@@ -1,0 +1,59 @@
+"""Accounting, the pipeline's last stage: every request leaves one `AccessEntry`, and the entries are accounted
+in batches (the access-log line, the request counter, the duration histogram): when `BATCH` are waiting, every
+`INTERVAL`, before anything reads the metrics, and at a stop.
+
+Why batches: the work is the same either way, but a batch runs it warm, where each request doing its own between
+two network events paid for cold caches every time. Measured on the open-breaker refusal, where accounting is
+most of the work: about 1.7 µs of 31 per request. A line keeps the time its request was answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from proxy.logs import AccessEntry, log_access
+from proxy.metrics import Metrics, method_label
+
+BATCH = 256
+INTERVAL = 0.1  # seconds an entry waits at most, with the event loop running (as the buffered access log's)
+
+
+class Ledger:
+    def __init__(self, metrics: Metrics, batch: int = BATCH, interval: float = INTERVAL) -> None:
+        self._metrics = metrics
+        self._batch = batch
+        self._interval = interval
+        self._entries: list[tuple[float, AccessEntry]] = []
+        self._timer: asyncio.TimerHandle | None = None
+        metrics.before_collect(self.settle)  # a scrape sees every request answered before it
+
+    def record(self, entry: AccessEntry) -> None:
+        self._entries.append((time.time(), entry))
+        if len(self._entries) >= self._batch:
+            self.settle()
+        elif self._timer is None:
+            try:
+                self._timer = asyncio.get_running_loop().call_later(self._interval, self._on_timer)
+            except RuntimeError:  # no event loop (start-up, shutdown, a unit test): at once
+                self.settle()
+
+    def settle(self) -> None:
+        """Account every entry waiting."""
+        entries, self._entries = self._entries, []
+        route = self._metrics.route
+        for created, entry in entries:
+            seconds = entry.duration_ms / 1000
+            route(entry.upstream, entry.route).answered(method_label(entry.method), str(entry.status), seconds)
+            log_access(entry, created)
+
+    def close(self) -> None:
+        """At a stop: account what is waiting and stop the timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.settle()
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.settle()
