@@ -10,9 +10,10 @@ most of the work: about 1.7 µs of 31 per request. A line keeps the time its req
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 
-from proxy.logs import AccessEntry, log_access
+from proxy.logs import AccessEntry, log_accesses
 from proxy.metrics import Metrics, method_label
 
 BATCH = 256
@@ -39,13 +40,22 @@ class Ledger:
                 self.settle()
 
     def settle(self) -> None:
-        """Account every entry waiting."""
+        """Account every entry waiting: one counter increment per series, one histogram observation and one
+        access-log line per entry."""
         entries, self._entries = self._entries, []
+        if not entries:
+            return
+        requests: collections.Counter[tuple[str, str, str, int]] = collections.Counter()
+        durations: collections.defaultdict[tuple[str, str], list[float]] = collections.defaultdict(list)
+        for _, entry in entries:
+            requests[entry.upstream, entry.route, entry.method, entry.status] += 1
+            durations[entry.upstream, entry.route].append(entry.duration_ms / 1000)
         route = self._metrics.route
-        for created, entry in entries:
-            seconds = entry.duration_ms / 1000
-            route(entry.upstream, entry.route).answered(method_label(entry.method), str(entry.status), seconds)
-            log_access(entry, created)
+        for (upstream, name, method, status), count in requests.items():
+            route(upstream, name).count(method_label(method), str(status), count)
+        for (upstream, name), seconds in durations.items():
+            route(upstream, name).took(seconds)
+        log_accesses(entries)
 
     def close(self) -> None:
         """At a stop: account what is waiting and stop the timer."""

@@ -9,7 +9,7 @@ runs the `before_collect` callbacks, so a scrape never misses a request answered
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -142,11 +142,15 @@ class RouteMetrics:
         self.duration = metrics.duration.labels(upstream, route) if upstream else None
         self._requests: dict[tuple[str, str], Any] = {}
 
-    def answered(self, method: str, code: str, seconds: float) -> None:
+    def count(self, method: str, code: str, requests: int = 1) -> None:
         key = (method, code)
         counter = self._requests.get(key)
         if counter is None:
             counter = self._requests[key] = self._metrics.requests.labels(self._upstream, self._route, method, code)
-        counter.inc()
+        counter.inc(requests)
+
+    def took(self, seconds: Iterable[float]) -> None:
         if self.duration is not None:
-            self.duration.observe(seconds)
+            observe = self.duration.observe
+            for each in seconds:
+                observe(each)

@@ -376,7 +376,7 @@ def test_configure_json_writes_one_json_object_per_line(restore_logging, capsys)
     assert len(lines) == 2, lines
     access, failure = (json.loads(line) for line in lines)
     assert access["msg"] == (
-        "request_id=r1 upstream=g route=default method=GET path=/g/x status=200 duration_ms=1.5 bytes=12 attempts=0"
+        "request_id=r1 upstream=g route=default method=GET path=/g/x status=200 duration_ms=1.50 bytes=12 attempts=0"
     )
     assert (access["request_id"], access["status"], access["egress_error"], access["cache"]) == ("r1", 200, None, None)
     assert access["logger"] == "egress.access" and access["level"] == "info"
