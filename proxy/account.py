@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 import time
 
 from proxy.logs import AccessEntry, log_accesses
 from proxy.metrics import Metrics, method_label
+
+log = logging.getLogger("egress.account")
 
 BATCH = 256
 INTERVAL = 0.1  # seconds an entry waits at most, with the event loop running (as the buffered access log's)
@@ -41,10 +44,21 @@ class Ledger:
 
     def settle(self) -> None:
         """Account every entry waiting: one counter increment per series, one histogram observation and one
-        access-log line per entry."""
+        access-log line per entry. A failure is logged and stays here: the request that filled the batch, the
+        scrape or the timer that settled it goes on."""
         entries, self._entries = self._entries, []
         if not entries:
             return
+        try:
+            self._count(entries)
+        except Exception:
+            log.exception("could not count %d requests", len(entries))
+        try:
+            log_accesses(entries)
+        except Exception:
+            log.exception("could not write %d access-log lines", len(entries))
+
+    def _count(self, entries: list[tuple[float, AccessEntry]]) -> None:
         requests: collections.Counter[tuple[str, str, str, int]] = collections.Counter()
         durations: collections.defaultdict[tuple[str, str], list[float]] = collections.defaultdict(list)
         for _, entry in entries:
@@ -55,7 +69,6 @@ class Ledger:
             route(upstream, name).count(method_label(method), str(status), count)
         for (upstream, name), seconds in durations.items():
             route(upstream, name).took(seconds)
-        log_accesses(entries)
 
     def close(self) -> None:
         """At a stop: account what is waiting and stop the timer."""

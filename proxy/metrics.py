@@ -121,7 +121,8 @@ class Metrics:
 
 
 class _Settle(Collector):
-    """Exports nothing; collected first (the registry keeps its collectors in order), it settles what waits."""
+    """Exports nothing; collected first (the registry keeps its collectors in order), it settles what waits.
+    A read of `registry.restricted_registry(names)` would skip it (it has no names): the admin port reads all."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics

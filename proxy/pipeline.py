@@ -363,7 +363,7 @@ class Pipeline:
         if isinstance(error, Unavailable) and ex.target is not None:
             self.metrics.refused(ex.target.upstream.name, error.reason)
         response = error_response(error, ex.reply_headers())
-        ex.sent = response.content_length or 0
+        ex.sent = 0 if ex.method == "HEAD" else response.content_length or 0
         return response
 
     def _account(self, request: web.BaseRequest, ex: Exchange) -> None:

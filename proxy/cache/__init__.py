@@ -134,7 +134,7 @@ class ResponseCache:
 
     def plan(self, target: Target, method: str, headers: CIMultiDictProxy[str]) -> ReadPlan | WritePlan | None:
         route = target.route
-        if route.cache is not None and self.may_answer(route, method):
+        if route.cache is not None and self.may_answer(route, method):  # (`is not None` again, for the type)
             identity = header_values(headers, route.cache.vary)
             key = self.keys.request(
                 target.upstream.name, route.name, method, target.path, target.query, identity, self._origin(target)

@@ -284,3 +284,18 @@ async def test_an_operators_open_refuses_with_its_own_detail_and_the_policy_wait
             assert (await resp.json())["detail"] == "breaker gemini was opened by an operator"
         await asyncio.sleep(1.1)  # no trial is due while an operator holds it: the advice stays the policy's wait
     assert len(upstream.requests) == 0
+
+
+async def test_a_refusals_access_line_counts_the_body_it_sent_and_none_for_head(upstream, make_sidecar, client, caplog):
+    caplog.set_level(logging.INFO, logger="egress.access")
+    sc = await make_sidecar(policy(upstream.url, "failures: 3, reset_after: 30s"))
+    async with client.post(sc.admin + "/breakers/gemini/open") as resp:
+        assert resp.status == 200
+    async with client.get(sc.url + "/gemini/x") as resp:
+        sent = len(await resp.read())
+    async with client.head(sc.url + "/gemini/x") as resp:
+        assert resp.status == 503 and await resp.read() == b""
+    sc.settle()
+    lines = [r.getMessage() for r in caplog.records if r.name == "egress.access"]
+    assert [line.split(" bytes=")[1].split()[0] for line in lines] == [str(sent), "0"]
+    assert sent > 0 and all("egress_error=circuit_open" in line for line in lines)

@@ -105,3 +105,18 @@ def test_without_an_event_loop_entries_are_accounted_at_once(access_lines):
     metrics = Metrics()
     Ledger(metrics, batch=1000).record(entry("r1"))
     assert [line["request_id"] for line in lines(access_lines)] == ["r1"]
+
+
+async def test_a_failing_access_log_loses_its_lines_not_the_counts_nor_the_request(access_lines, monkeypatch, caplog):
+    import proxy.account
+
+    def broken(entries: object) -> None:
+        raise RuntimeError("log sink failed")
+
+    monkeypatch.setattr(proxy.account, "log_accesses", broken)
+    metrics = Metrics()
+    ledger = Ledger(metrics, batch=2, interval=60)
+    ledger.record(entry("r1"))
+    ledger.record(entry("r2"))  # fills the batch: settles here, and must not raise into this request
+    assert samples(metrics)["egress_requests_total", ANSWERED] == 2
+    assert any(r.getMessage() == "could not write 2 access-log lines" for r in caplog.records)
