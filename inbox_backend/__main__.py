@@ -9,7 +9,7 @@ import sys
 from aiohttp import web
 
 from inbox_backend.app import create_app
-from inbox_backend.settings import Settings, SettingsError, parse_listen
+from inbox_backend.settings import Settings, SettingsError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,12 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        settings = Settings.from_env()
-        host, port = parse_listen(args.listen) if args.listen else (settings.host, settings.port)
+        settings = Settings.from_env(listen=args.listen)
     except SettingsError as exc:
         print(f"inbox backend: {exc}", file=sys.stderr)
         return 2
     egress = "direct to the upstreams" if settings.direct else f"through the sidecar ({settings.sidecar_admin_url})"
+    host, port = settings.host, settings.port
     print(f"inbox backend on http://{host}:{port}, egress {egress}", flush=True)
     # run_app stops gracefully on SIGINT and SIGTERM: in-flight requests finish, then cleanup runs.
     web.run_app(create_app(settings), host=host, port=port, print=None, access_log=None, shutdown_timeout=5)

@@ -6,6 +6,7 @@ simulator); production sets the URLs and secrets through the environment.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 from collections.abc import Mapping
@@ -83,10 +84,12 @@ class Settings:
         return dict(self.sidecar_urls)[upstream]
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, listen: str | None = None) -> Settings:
+        """`listen` (HOST:PORT, from the command line) overrides INBOX_LISTEN."""
         env = os.environ if environ is None else environ
         defaults = cls()
-        host, port = parse_listen(env.get("INBOX_LISTEN", f"{defaults.host}:{defaults.port}"))
+        host, port = parse_listen(listen or env.get("INBOX_LISTEN", f"{defaults.host}:{defaults.port}"))
+        _require_own_webhook_secrets(env, host)
         mode = env.get("EGRESS_MODE", defaults.egress_mode).strip().lower()
         if mode not in ("sidecar", "direct"):
             raise SettingsError(f"EGRESS_MODE must be 'sidecar' or 'direct', not {mode!r}")
@@ -110,6 +113,29 @@ class Settings:
             direct_connect_timeout=_seconds(env, "DIRECT_CONNECT_TIMEOUT", defaults.direct_connect_timeout),
             sidecar_backstop_timeout=_seconds(env, "SIDECAR_BACKSTOP_TIMEOUT", defaults.sidecar_backstop_timeout),
         )
+
+
+# Webhook credentials whose defaults are the simulator's, public in this repository: with them, anyone could
+# sign a forged webhook. They may default only while the backend is reachable from this host alone.
+WEBHOOK_SECRETS = ("WHATSAPP_APP_SECRET", "WHATSAPP_VERIFY_TOKEN")
+
+
+def _require_own_webhook_secrets(env: Mapping[str, str], host: str) -> None:
+    if _loopback(host):
+        return
+    missing = [name for name in WEBHOOK_SECRETS if not env.get(name, "").strip()]
+    if missing:
+        raise SettingsError(
+            f"{' and '.join(missing)} must be set when the backend listens beyond loopback ({host}): "
+            "the defaults are the simulator's, and public"
+        )
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def parse_listen(value: str) -> tuple[str, int]:

@@ -38,12 +38,29 @@ def test_the_local_policy_is_the_production_policy_with_other_upstream_urls() ->
     assert changed and all(line.startswith(("url:", "#")) for line in changed), changed
 
 
+OWN_WEBHOOK_SECRETS = {"WHATSAPP_APP_SECRET": "app-secret-1", "WHATSAPP_VERIFY_TOKEN": "verify-1"}
+
+
+@pytest.mark.parametrize("listen", ["0.0.0.0:8000", "10.1.2.3:8000", "[::]:8000", "inbox.internal:8000"])
+def test_beyond_loopback_the_webhook_secrets_must_be_the_operators_own(listen: str) -> None:
+    with pytest.raises(SettingsError, match="WHATSAPP_APP_SECRET and WHATSAPP_VERIFY_TOKEN must be set"):
+        Settings.from_env({"INBOX_LISTEN": listen})
+    with pytest.raises(SettingsError, match=r"^WHATSAPP_VERIFY_TOKEN must be set"):
+        Settings.from_env({"INBOX_LISTEN": listen, "WHATSAPP_APP_SECRET": "app-secret-1"})
+    with pytest.raises(SettingsError, match="must be set"):  # --listen too
+        Settings.from_env({}, listen=listen)
+    settings = Settings.from_env({"INBOX_LISTEN": listen, **OWN_WEBHOOK_SECRETS})
+    assert (settings.whatsapp_app_secret, settings.whatsapp_verify_token) == ("app-secret-1", "verify-1")
+    for loopback in ("127.0.0.1:8000", "[::1]:8000", "localhost:8000"):  # the local stack keeps its defaults
+        assert Settings.from_env({"INBOX_LISTEN": loopback}).whatsapp_app_secret == "sim-app-secret"
+
+
 def test_settings_default_to_the_local_sidecar_and_read_the_environment() -> None:
     default = Settings.from_env({})
     assert (default.host, default.port, default.egress_mode) == ("127.0.0.1", 8000, "sidecar")
     assert default.base_url(Upstream.GEMINI) == "http://127.0.0.1:8081/gemini"
     assert default.base_url(Upstream.WHATSAPP_MEDIA) == "http://127.0.0.1:8081/whatsapp_media"
-    direct = Settings.from_env({"EGRESS_MODE": "direct", "INBOX_LISTEN": "0.0.0.0:9000",
+    direct = Settings.from_env({"EGRESS_MODE": "direct", "INBOX_LISTEN": "0.0.0.0:9000", **OWN_WEBHOOK_SECRETS,
                                 "SUPABASE_URL": "https://abc.supabase.co/", "DIRECT_TIMEOUT": "2.5"})
     assert (direct.host, direct.port, direct.direct_timeout) == ("0.0.0.0", 9000, 2.5)
     assert direct.base_url(Upstream.SUPABASE) == "https://abc.supabase.co"
