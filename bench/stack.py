@@ -72,7 +72,8 @@ class Stack:
         return f"{(sidecar or self.sidecar).url}/{upstream}/{path}"
 
 
-def write_files(root: Path) -> None:
+def write_files(root: Path, huge: bool = True) -> None:
+    """The upstream's files; `huge=False` leaves out the 100 MB one (only the streaming check reads it)."""
     root.mkdir(parents=True, exist_ok=True)
     small = {"id": "wamid.HBgMMzQ2MDAwMDAwMDAwFQIAEhgUM0VCMEI2", "status": "delivered", "recipient": "34600000000",
              "timestamp": 1732540800, "conversation": {"id": "c0ffee", "origin": {"type": "service"}},
@@ -80,9 +81,11 @@ def write_files(root: Path) -> None:
     (root / SMALL).write_text(json.dumps(small))
     block = os.urandom(1024 * 1024)
     (root / LARGE).write_bytes(block)
-    with open(root / HUGE, "wb") as huge:
+    if not huge:
+        return
+    with open(root / HUGE, "wb") as out:
         for _ in range(HUGE_BYTES // len(block)):
-            huge.write(block)
+            out.write(block)
 
 
 def nginx_conf(tmp: Path, root: Path, port: int) -> str:
