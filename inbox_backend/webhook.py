@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 from aiohttp import web
 
@@ -41,7 +42,8 @@ async def receive(request: web.Request) -> web.Response:
     except ValueError:
         raise ApiError(400, "invalid_json") from None
     rid = request[REQUEST_ID]
-    clients = state.clients(rid)
+    # WhatsApp gives up on a webhook after a while and delivers it again: storing must end well before that.
+    clients = state.clients(rid, deadline=time.monotonic() + state.settings.webhook_budget)
     results = {"stored": 0, "duplicate": 0, "unknown_account": 0}
     replies: dict[int, str] = {}  # conversation id -> the message that asks for its reply
     for inbound in parse_webhook(payload):
@@ -59,7 +61,7 @@ async def receive(request: web.Request) -> web.Response:
         state.metrics.webhook_messages.labels(result).inc()
     # One reply per conversation, once all of this delivery is stored: it answers every message it brought.
     for conversation_id, message_id in replies.items():
-        bot = Bot(clients, state.settings, state.metrics)
+        bot = Bot(state.clients(rid), state.settings, state.metrics)  # after the answer: not under its deadline
         state.spawn(bot.auto_reply(conversation_id), name=f"bot-reply-{message_id}")
     return web.json_response(results)
 
