@@ -54,16 +54,20 @@ class Database:
         return await self._get("conversations", conversation_id)
 
     async def open_conversation(self, account_id: int, contact_id: int) -> Row:
-        """The contact's latest conversation with the account, started if there is none."""
-        rows = await self._select(
-            "conversations",
-            {"account_id": eq(account_id), "contact_id": eq(contact_id)},
-            order="updated_at.desc",
-            limit=1,
+        """The contact's conversation with the account, started if there is none. The table allows one per
+        contact: when two first messages start it at once, the second insert is ignored and reads the first's."""
+        where = {"account_id": eq(account_id), "contact_id": eq(contact_id)}
+        rows = await self._select("conversations", where, order="updated_at.desc", limit=1)
+        if rows:
+            return rows[0]
+        rows = await self._insert(
+            "conversations", {"account_id": account_id, "contact_id": contact_id},
+            on_conflict="account_id,contact_id", resolution="ignore-duplicates",
         )
         if rows:
             return rows[0]
-        return (await self._insert("conversations", {"account_id": account_id, "contact_id": contact_id}))[0]
+        [row] = await self._select("conversations", where, limit=1)
+        return row
 
     async def message(self, message_id: int) -> Row:
         return await self._get("messages", message_id)

@@ -65,6 +65,8 @@ SCHEMAS: Final[tuple[TableSchema, ...]] = (
             _id("contact_id"),
             Column("updated_at", "timestamptz", nullable=False, default=now_iso),
         ),
+        # One conversation per contact and account: two first messages arriving at once must not start two.
+        unique=(("id",), ("account_id", "contact_id")),
         foreign_keys=(ForeignKey("account_id", "accounts"), ForeignKey("contact_id", "contacts")),
     ),
     TableSchema(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -149,3 +150,18 @@ async def test_the_bot_reply_is_not_held_to_the_webhooks_budget(make_stack: Make
     status, body = await stack.webhook("take your time", message_id="wamid.PATIENT")
     assert (status, body["stored"]) == (200, 1)
     await eventually(lambda: stack.sim.state.delivery_count(to=ALICE) == 1, message="bot reply delivered")
+
+
+async def test_two_first_messages_at_once_start_one_conversation(stack: Stack) -> None:
+    newcomer = "15550009999"
+    # Both lookups find no conversation (each is answered only after both were asked), so both try to start one.
+    stack.sim.state.add_fault(upstream="supabase", route="rest:conversations:GET", kind="delay", delay=0.3, count=2)
+    results = await asyncio.gather(
+        stack.webhook("hello?", message_id="wamid.FIRST-A", wa_id=newcomer),
+        stack.webhook("anyone?", message_id="wamid.FIRST-B", wa_id=newcomer),
+    )
+    assert [status for status, _ in results] == [200, 200]
+    [contact] = stack.rows("contacts", wa_id=newcomer)
+    [conversation] = stack.rows("conversations", contact_id=contact["id"])
+    inbound = stack.rows("messages", conversation_id=conversation["id"], direction="in")
+    assert sorted(m["wa_message_id"] for m in inbound) == ["wamid.FIRST-A", "wamid.FIRST-B"]
