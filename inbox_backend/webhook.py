@@ -46,23 +46,27 @@ async def receive(request: web.Request) -> web.Response:
     clients = state.clients(rid, deadline=time.monotonic() + state.settings.webhook_budget)
     results = {"stored": 0, "duplicate": 0, "unknown_account": 0}
     replies: dict[int, str] = {}  # conversation id -> the message that asks for its reply
-    for inbound in parse_webhook(payload):
-        stored = await store_inbound(clients.db, inbound)
-        if stored is None:
-            log.warning("no account for phone_number_id %s (request_id=%s)", inbound.phone_number_id, rid)
-            result = "unknown_account"
-        elif stored.message is None:
-            result = "duplicate"  # a redelivery: stored already, and its reply was handled then
-        else:
-            result = "stored"
-            if stored.account.get("bot_enabled") and inbound.text:
-                replies[stored.conversation["id"]] = inbound.message_id
-        results[result] += 1
-        state.metrics.webhook_messages.labels(result).inc()
-    # One reply per conversation, once all of this delivery is stored: it answers every message it brought.
-    for conversation_id, message_id in replies.items():
-        bot = Bot(state.clients(rid), state.settings, state.metrics)  # after the answer: not under its deadline
-        state.spawn(bot.auto_reply(conversation_id), name=f"bot-reply-{message_id}")
+    try:
+        for inbound in parse_webhook(payload):
+            stored = await store_inbound(clients.db, inbound)
+            if stored is None:
+                log.warning("no account for phone_number_id %s (request_id=%s)", inbound.phone_number_id, rid)
+                result = "unknown_account"
+            elif stored.message is None:
+                result = "duplicate"  # a redelivery: stored already, and its reply was handled then
+            else:
+                result = "stored"
+                if stored.account.get("bot_enabled") and inbound.text:
+                    replies[stored.conversation["id"]] = inbound.message_id
+            results[result] += 1
+            state.metrics.webhook_messages.labels(result).inc()
+    finally:
+        # One reply per conversation, once this delivery is stored: it answers every message it brought. Also
+        # when a later message could not be stored: WhatsApp delivers them all again, and those stored now are
+        # duplicates then, which get no reply of their own.
+        for conversation_id, message_id in replies.items():
+            bot = Bot(state.clients(rid), state.settings, state.metrics)  # after the answer: not under its deadline
+            state.spawn(bot.auto_reply(conversation_id), name=f"bot-reply-{message_id}")
     return web.json_response(results)
 
 

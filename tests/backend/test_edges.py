@@ -3,6 +3,7 @@ delivery. Each test failed before its fix."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 
 import aiohttp
@@ -65,7 +66,6 @@ async def test_two_messages_in_one_webhook_get_one_reply_not_two(stack: Stack) -
     status, body = await stack.signed_webhook(payload)
     assert (status, body["stored"]) == (200, 2), body
     await eventually(lambda: stack.sim.state.delivery_count(to=ALICE) >= 1)
-    import asyncio
     await asyncio.sleep(1.0)
     bodies = [d.body for d in stack.sim.state.deliveries_to(ALICE)]
     assert len(bodies) == 1, bodies
@@ -101,3 +101,22 @@ async def test_media_response_carries_the_request_id(stack: Stack) -> None:
     status, _, headers = await stack.call("GET", "/messages/3/media", headers={**USER, "X-Request-ID": "rid-media-1"})
     assert status == 200
     assert headers.get("X-Request-ID") == "rid-media-1", dict(headers)
+
+
+async def test_a_delivery_stored_in_part_still_answers_what_it_stored_once(stack: Stack) -> None:
+    # Two contacts in one delivery; the second message cannot be stored, so WhatsApp is told to deliver again.
+    first, second = "15550007001", "15550007002"
+    payload = message_webhook(text_message("from the first"), wa_id=first, phone_number_id=PHONE_ID)
+    msgs = payload["entry"][0]["changes"][0]["value"]["messages"]
+    msgs.append({**msgs[0], "from": second, "id": new_message_id(), "text": {"body": "from the second"}})
+    stack.sim.state.add_fault(upstream="supabase", route="rest:messages:POST", kind="status", status=503,
+                              ratio=0.5, count=1)  # the 2nd insert of this delivery
+    status, body = await stack.signed_webhook(payload)
+    assert (status, body["error"]) == (502, "external_api_unavailable")
+    # The first contact's message was stored: its conversation is answered now (a redelivery finds a duplicate).
+    await eventually(lambda: stack.sim.state.delivery_count(to=first) == 1, message="reply to the stored message")
+    status, body = await stack.signed_webhook(payload)  # WhatsApp's redelivery
+    assert (status, body["stored"], body["duplicate"]) == (200, 1, 1), body
+    await eventually(lambda: stack.sim.state.delivery_count(to=second) == 1, message="reply to the redelivered one")
+    await asyncio.sleep(0.5)
+    assert stack.sim.state.delivery_count(to=first) == 1  # one reply, not two
