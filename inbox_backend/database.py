@@ -66,8 +66,11 @@ class Database:
         )
         if rows:
             return rows[0]
-        [row] = await self._select("conversations", where, limit=1)
-        return row
+        rows = await self._select("conversations", where, limit=1)
+        if not rows:  # ignored as a duplicate, yet not there: a read that lags the write (a replica)
+            detail = "supabase: the conversation a concurrent insert started is not readable yet"
+            raise ApiError(502, "external_api_unavailable", detail=detail)
+        return rows[0]
 
     async def message(self, message_id: int) -> Row:
         return await self._get("messages", message_id)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
@@ -31,7 +30,6 @@ from inbox_backend.settings import Settings, Upstream
 log = logging.getLogger("inbox.egress")
 
 REQUEST_ID = "X-Request-ID"
-CALLER_TIMEOUT = "X-Egress-Timeout"  # the sidecar's: the caller's remaining time, which shortens its deadline
 
 
 @dataclass(frozen=True)
@@ -92,32 +90,16 @@ class Egress:
             return {"apikey": s.supabase_key}  # the caller's bearer comes with the call
         return {"apikey": s.supabase_key, "Authorization": f"Bearer {s.supabase_key}"}
 
-    def headers(self, call: Call, request_id: str, remaining: float | None = None) -> dict[str, str]:
+    def headers(self, call: Call, request_id: str) -> dict[str, str]:
         # The caller's request id goes through the sidecar (which keeps it): one id in both logs.
         headers = {**self.credentials(call.upstream, call.purpose), **call.headers, REQUEST_ID: request_id}
         if call.json is not None:
             headers["Content-Type"] = "application/json"
-        if remaining is not None and not self.settings.direct:
-            headers[CALLER_TIMEOUT] = f"{remaining:.3f}s"  # the sidecar's deadline for it: never longer
         return headers
 
-    def _within(self, call: Call, request_id: str, limits: aiohttp.ClientTimeout, deadline: float | None) -> tuple[
-        aiohttp.ClientTimeout, float | None
-    ]:
-        """The call's timeouts and remaining time under the request's `deadline` (a time.monotonic() instant)."""
-        if deadline is None:
-            return limits, None
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise self._failed(call, request_id, TimeoutError("no time left for this call"))
-        if self.settings.direct:  # no sidecar to hand the deadline to: our own timeout keeps it
-            total = remaining if limits.total is None else min(limits.total, remaining)
-            limits = aiohttp.ClientTimeout(total=total, sock_connect=limits.sock_connect, sock_read=limits.sock_read)
-        return limits, remaining
-
-    async def send(self, call: Call, request_id: str, deadline: float | None = None) -> Reply:
+    async def send(self, call: Call, request_id: str) -> Reply:
         """One call, its JSON body read; any failure raised as the ApiError the backend answers with."""
-        async with self.open(call, request_id, self._timeout, deadline=deadline) as response:
+        async with self.open(call, request_id, self._timeout) as response:
             try:
                 raw = await response.read()
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -133,19 +115,13 @@ class Egress:
 
     @asynccontextmanager
     async def open(
-        self,
-        call: Call,
-        request_id: str,
-        limits: aiohttp.ClientTimeout,
-        decompress: bool = True,
-        deadline: float | None = None,
+        self, call: Call, request_id: str, limits: aiohttp.ClientTimeout, decompress: bool = True
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        limits, remaining = self._within(call, request_id, limits, deadline)
         try:
             response = await self.session.request(
                 call.method,
                 self.url(call),
-                headers=self.headers(call, request_id, remaining),
+                headers=self.headers(call, request_id),
                 data=None if call.json is None else json.dumps(call.json).encode(),
                 timeout=limits,
                 allow_redirects=False,
@@ -178,14 +154,13 @@ def _json(raw: bytes) -> Any:
 
 @dataclass(frozen=True)
 class Caller:
-    """The egress bound to one request's id, and to its deadline if it has one: what the upstream clients hold."""
+    """The egress bound to one request's id: what the upstream clients hold."""
 
     egress: Egress
     request_id: str
-    deadline: float | None = None  # time.monotonic() instant: every call of this request ends by then
 
     async def send(self, call: Call) -> Reply:
-        return await self.egress.send(call, self.request_id, self.deadline)
+        return await self.egress.send(call, self.request_id)
 
     def stream(self, call: Call) -> AbstractAsyncContextManager[aiohttp.ClientResponse]:
         return self.egress.stream(call, self.request_id)

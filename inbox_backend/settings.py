@@ -70,9 +70,6 @@ class Settings:
     # Through the sidecar, only a backstop for a sidecar that stops answering: longer than any policy
     # deadline, so the sidecar's own timeout (with its precise error) always fires first.
     sidecar_backstop_timeout: float = 150.0
-    # A webhook is answered once its messages are stored, within this: WhatsApp waits for the answer only so long
-    # before it delivers the webhook again.
-    webhook_budget: float = 10.0
     history_limit: int = 20
 
     @property
@@ -115,7 +112,6 @@ class Settings:
             direct_timeout=_seconds(env, "DIRECT_TIMEOUT", defaults.direct_timeout),
             direct_connect_timeout=_seconds(env, "DIRECT_CONNECT_TIMEOUT", defaults.direct_connect_timeout),
             sidecar_backstop_timeout=_seconds(env, "SIDECAR_BACKSTOP_TIMEOUT", defaults.sidecar_backstop_timeout),
-            webhook_budget=_seconds(env, "WEBHOOK_BUDGET", defaults.webhook_budget),
         )
 
 

@@ -42,10 +42,8 @@ class AppState:
         self.egress = Egress(settings, session)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def clients(self, request_id: str, deadline: float | None = None) -> Clients:
-        """Clients for one request; with `deadline` (a time.monotonic() instant), each call gets only the time
-        left (through the sidecar: `X-Egress-Timeout`)."""
-        caller = Caller(self.egress, request_id, deadline)
+    def clients(self, request_id: str) -> Clients:
+        caller = Caller(self.egress, request_id)
         return Clients(caller, Database(caller), Gemini(caller), WhatsApp(caller, self.settings))
 
     def spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:

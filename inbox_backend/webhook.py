@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 
 from aiohttp import web
 
@@ -18,7 +17,7 @@ from inbox_backend.bot import Bot
 from inbox_backend.conversations import store_inbound
 from inbox_backend.errors import ApiError
 from inbox_backend.state import REQUEST_ID, app_state
-from inbox_backend.webhook_payload import SIGNATURE_HEADER, parse_webhook, signature_valid
+from inbox_backend.webhook_payload import SIGNATURE_HEADER, Inbound, parse_webhook, signature_valid
 
 log = logging.getLogger("inbox.webhook")
 
@@ -32,6 +31,13 @@ async def verify(request: web.Request) -> web.Response:
     raise ApiError(403, "forbidden", detail="webhook verification failed")
 
 
+Contact = tuple[str, str]  # (the business's phone_number_id, the sender's wa_id): one conversation
+
+
+def _sender(inbound: Inbound) -> Contact:
+    return inbound.phone_number_id, inbound.wa_id
+
+
 async def receive(request: web.Request) -> web.Response:
     state = app_state(request)
     raw = await request.read()
@@ -42,12 +48,13 @@ async def receive(request: web.Request) -> web.Response:
     except ValueError:
         raise ApiError(400, "invalid_json") from None
     rid = request[REQUEST_ID]
-    # WhatsApp gives up on a webhook after a while and delivers it again: storing must end well before that.
-    clients = state.clients(rid, deadline=time.monotonic() + state.settings.webhook_budget)
+    clients = state.clients(rid)
+    inbounds = list(parse_webhook(payload))
     results = {"stored": 0, "duplicate": 0, "unknown_account": 0}
-    replies: dict[int, str] = {}  # conversation id -> the message that asks for its reply
+    replies: dict[int, tuple[str, Contact]] = {}  # conversation id -> (the message asking for a reply, its sender)
+    done = 0
     try:
-        for inbound in parse_webhook(payload):
+        for inbound in inbounds:
             stored = await store_inbound(clients.db, inbound)
             if stored is None:
                 log.warning("no account for phone_number_id %s (request_id=%s)", inbound.phone_number_id, rid)
@@ -57,16 +64,20 @@ async def receive(request: web.Request) -> web.Response:
             else:
                 result = "stored"
                 if stored.account.get("bot_enabled") and inbound.text:
-                    replies[stored.conversation["id"]] = inbound.message_id
+                    replies[stored.conversation["id"]] = (inbound.message_id, _sender(inbound))
             results[result] += 1
             state.metrics.webhook_messages.labels(result).inc()
+            done += 1
     finally:
-        # One reply per conversation, once this delivery is stored: it answers every message it brought. Also
-        # when a later message could not be stored: WhatsApp delivers them all again, and those stored now are
-        # duplicates then, which get no reply of their own.
-        for conversation_id, message_id in replies.items():
-            bot = Bot(state.clients(rid), state.settings, state.metrics)  # after the answer: not under its deadline
-            state.spawn(bot.auto_reply(conversation_id), name=f"bot-reply-{message_id}")
+        # One reply per conversation, once this delivery is stored: it answers every message it brought. When a
+        # message could not be stored, WhatsApp delivers them all again: a contact with a message still to store
+        # is answered then (the reply reads the whole conversation), every other one now, as on the redelivery
+        # its stored messages are duplicates, which get no reply of their own.
+        unstored = {_sender(inbound) for inbound in inbounds[done:]}
+        for conversation_id, (message_id, sender) in replies.items():
+            if sender not in unstored:
+                bot = Bot(clients, state.settings, state.metrics)
+                state.spawn(bot.auto_reply(conversation_id), name=f"bot-reply-{message_id}")
     return web.json_response(results)
 
 

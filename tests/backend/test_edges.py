@@ -120,3 +120,21 @@ async def test_a_delivery_stored_in_part_still_answers_what_it_stored_once(stack
     await eventually(lambda: stack.sim.state.delivery_count(to=second) == 1, message="reply to the redelivered one")
     await asyncio.sleep(0.5)
     assert stack.sim.state.delivery_count(to=first) == 1  # one reply, not two
+
+
+async def test_a_contact_with_a_message_still_to_store_is_answered_once_on_the_redelivery(stack: Stack) -> None:
+    # Both messages are one conversation; the second cannot be stored. Answering the first now would race the
+    # redelivery's reply (both reading "first second"): the contact is answered once, when all is stored.
+    who = "15550007301"
+    payload = message_webhook(text_message("first"), wa_id=who, phone_number_id=PHONE_ID)
+    msgs = payload["entry"][0]["changes"][0]["value"]["messages"]
+    msgs.append({**msgs[0], "id": new_message_id(), "text": {"body": "second"}})
+    stack.sim.state.add_fault(upstream="supabase", route="rest:messages:POST", kind="status", status=503,
+                              ratio=0.5, count=1)  # the 2nd insert of this delivery
+    assert (await stack.signed_webhook(payload))[0] == 502
+    status, body = await stack.signed_webhook(payload)  # WhatsApp's redelivery, at once
+    assert (status, body["stored"], body["duplicate"]) == (200, 1, 1), body
+    await eventually(lambda: stack.sim.state.delivery_count(to=who) == 1, message="the reply")
+    await asyncio.sleep(1.0)
+    [reply] = [d.body for d in stack.sim.state.deliveries_to(who)]
+    assert "first" in reply and "second" in reply  # one reply to both
