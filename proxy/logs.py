@@ -90,7 +90,7 @@ class TextFormatter(LineFormatter):
 
     def line(self, created: float, level: str, name: str, message: str, fields: Fields | None) -> str:
         # The same line as the format string above, without the generic machinery: one per request.
-        return f"{self._stamp(created)},{_msecs(created):03d} {level} {name} {message}"
+        return f"{self._time(created)} {level} {name} {message}"
 
     def format(self, record: logging.LogRecord) -> str:
         if record.exc_info or record.exc_text or record.stack_info:
@@ -188,11 +188,6 @@ class AccessEntry(NamedTuple):
 
     def fields(self) -> dict[str, Any]:
         return {**self._asdict(), "duration_ms": round(self.duration_ms, 2)}
-
-
-def log_access(entry: AccessEntry, created: float | None = None) -> None:
-    """One access-log line, stamped `created` (by default, now)."""
-    log_accesses([(time.time() if created is None else created, entry)])
 
 
 def log_accesses(entries: Sequence[tuple[float, AccessEntry]]) -> None:

@@ -158,6 +158,9 @@ class Pipeline:
             if lookup.failed is not None:
                 raise lookup.failed  # the identical request this one waited for failed, or outlasted our deadline
             try:
+                # The refusal stage left an open breaker to the cache: it had no HIT, so the breaker refuses now,
+                # before any deadline wait, slot or body read (and STALE may stand in for the refusal below).
+                state.breaker_for(ex.target.route).check_open()
                 return await self._proxy(request, ex, state, functools.partial(self._fill, lookup), deadline)
             except EgressError as error:
                 stale = cache.fallback(lookup, error)
@@ -244,7 +247,6 @@ class Pipeline:
     ) -> web.StreamResponse:
         assert ex.target is not None
         route = ex.target.route
-        state.breaker_for(route).check_open()  # an open breaker refuses before any work
         deadline = _deadline(request, route) if deadline is None else deadline
         gauge = state.inflight
         gauge.inc()

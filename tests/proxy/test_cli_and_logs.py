@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
-from proxy.logs import AccessEntry, JsonFormatter, TextFormatter, configure, log_access, redact_target
+from proxy.logs import AccessEntry, JsonFormatter, TextFormatter, configure, log_accesses, redact_target
 from tests.support.upstream import FaultyUpstream, delay, echo, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -366,7 +367,7 @@ def restore_logging() -> Iterator[None]:
 
 def test_configure_json_writes_one_json_object_per_line(restore_logging, capsys):
     configure("info", "json")
-    log_access(AccessEntry("r1", "g", "default", "GET", "/g/x", 200, 1.5, bytes=12))
+    log_accesses([(time.time(), AccessEntry("r1", "g", "default", "GET", "/g/x", 200, 1.5, bytes=12))])
     logging.getLogger("egress.test").debug("hidden at info")
     try:
         raise ValueError("boom")
@@ -387,7 +388,7 @@ def test_configure_json_writes_one_json_object_per_line(restore_logging, capsys)
 def test_configure_text_access_lines_look_like_every_other_line(restore_logging, capsys):
     # Access lines skip the LogRecord (a fast path); they must read exactly like lines that don't.
     configure("info", "text")
-    log_access(AccessEntry("r1", "", "", "GET", "/x", 404, 0.25, egress_error="no_route"))
+    log_accesses([(time.time(), AccessEntry("r1", "", "", "GET", "/x", 404, 0.25, egress_error="no_route"))])
     logging.getLogger("egress.test").info("hello")
     access, other = capsys.readouterr().err.splitlines()
     stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}"
@@ -398,7 +399,8 @@ def test_configure_text_access_lines_look_like_every_other_line(restore_logging,
 
 def test_configure_text_and_level(restore_logging, capsys):
     configure("warning", "text")
-    log_access(AccessEntry("r1", "g", "default", "GET", "/g/x", 200, 1.0))  # below the level: not even formatted
+    entry = AccessEntry("r1", "g", "default", "GET", "/g/x", 200, 1.0)
+    log_accesses([(time.time(), entry)])  # below the level: not even formatted
     logging.getLogger("egress.test").warning("careful")
     [line] = capsys.readouterr().err.splitlines()
     assert line.endswith(" WARNING egress.test careful")
