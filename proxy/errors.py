@@ -15,6 +15,7 @@ class EgressError(Exception):
     reason = "egress_error"
     outcome: str | None = None  # the retry/breaker condition this failure counts as, if any
     callers_doing = False  # the caller's request itself is at fault: says nothing about the upstream
+    counts_as: int | None = None  # a status the breaker's `count` reads this failure as, when it has no outcome
 
     def __init__(self, detail: str = "", *, upstream: str = "", sent: bool = True) -> None:
         super().__init__(detail or self.reason)
@@ -57,6 +58,15 @@ class UpstreamReset(EgressError):
     outcome = "reset"
 
 
+class UpstreamBadResponse(EgressError):
+    """The upstream's answer is not HTTP the sidecar will pass on: a malformed status line or header, a head over
+    the client's bounds, a protocol switch nobody asked for. Relaying it would hand the caller the same garbage."""
+
+    status = 502
+    reason = "upstream_bad_response"
+    counts_as = 502  # for the breaker: a lying upstream is as unhealthy as one answering 502
+
+
 class NoRoute(EgressError):
     status = 404
     reason = "no_route"
@@ -76,6 +86,20 @@ class RequestTimeout(BadRequest):
 
 class MethodNotAllowed(BadRequest):
     status = 405
+
+
+class HeadersTooLarge(BadRequest):
+    """The request head is over `limits.max_header_bytes` or `limits.max_headers` (431, RFC 6585 §5)."""
+
+    status = 431
+    reason = "headers_too_large"
+
+
+class ExpectationFailed(BadRequest):
+    """An `Expect` other than `100-continue` (417, RFC 9110 §10.1.1)."""
+
+    status = 417
+    reason = "expectation_failed"
 
 
 class BodyTooLarge(EgressError):

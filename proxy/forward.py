@@ -23,8 +23,9 @@ from proxy.policy import Timeouts, Upstream
 
 # Headers aiohttp would otherwise invent; a transparent proxy sends only what the caller sent.
 SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
-# Sidecar controls are for the sidecar: they are not forwarded upstream.
-SIDECAR_REQUEST_HEADERS = frozenset({"host", "x-egress-timeout"})
+# Sidecar controls are for the sidecar: they are not forwarded upstream. `Expect: 100-continue` was answered by
+# the sidecar (listener.send_continue): forwarded, it would make aiohttp wait for the upstream's 100 too.
+SIDECAR_REQUEST_HEADERS = frozenset({"host", "x-egress-timeout", "expect"})
 
 
 def open_session(upstream: Upstream) -> aiohttp.ClientSession:
@@ -101,6 +102,7 @@ class RequestBody:
             raise BodyTooLarge(f"request body of {length} bytes exceeds max_request_body ({max_body})")
         if not request.body_exists:
             return cls(request, b"", b"", max_body)
+        await _send_continue(request)  # routed, admitted, given a slot and not too large: now the body is wanted
         if length is not None and length <= replay_limit:
             return cls(request, await _read_exactly(request, length), b"", max_body)
         if length is None and replay_limit > 0:
@@ -136,6 +138,20 @@ class RequestBody:
                 raise BodyTooLarge(f"request body exceeds max_request_body ({self._limit})")
             watchdog.arm()
             yield chunk
+
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+async def _send_continue(request: web.BaseRequest) -> None:
+    """`100 Continue` when the caller asked for it (aiohttp's low-level server leaves `Expect` to the application).
+    Sent only once the body is wanted, so a refusal (413, an open breaker) goes instead, as RFC 9110 §10.1.1 means;
+    a caller that sent its body at once gets it too, which the RFC allows."""
+    if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
+        writer = request.writer
+        if writer.output_size == 0:  # nothing sent yet: the interim answer can still go first
+            await writer.write(CONTINUE)
+            writer.output_size = 0  # the final answer is yet to come: aiohttp counts its bytes from here
 
 
 async def _read_exactly(request: web.BaseRequest, length: int) -> bytes:

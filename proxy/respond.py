@@ -45,12 +45,12 @@ def error_response(error: EgressError, extra: Mapping[str, str]) -> web.Response
         headers = {EGRESS_ERROR_HEADER: error.reason, "Content-Type": "application/json"}
         if advice is not None:
             headers["Retry-After"] = advice
-        rendered = error.rendered = (advice, headers, _error_body(error.reason, error.upstream, error.detail))
+        rendered = error.rendered = (advice, headers, error_body(error.reason, error.upstream, error.detail))
     return web.Response(status=error.status, body=rendered[2], headers={**rendered[1], **extra})
 
 
 @functools.lru_cache(maxsize=256)
-def _error_body(reason: str, upstream: str, detail: str) -> bytes:
+def error_body(reason: str, upstream: str, detail: str) -> bytes:
     """Refusals of one kind (overloaded, throttled) are each a new error with the same body: rendered once."""
     return json.dumps({"error": reason, "upstream": upstream, "detail": detail}).encode()
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from aiohttp import web
 
 from proxy.admin import AdminState, ReloadResult, build_admin_app
+from proxy.listener import CallerServer
 from proxy.pipeline import Pipeline
 from proxy.policy import Address, Policy, PolicyError, Problem, load_policy
 from proxy.runtime import Runtime
@@ -37,6 +38,7 @@ class Sidecar:
         self._retiring: dict[asyncio.Task[None], tuple[Runtime, Runtime]] = {}  # (old, new) pairs
         self._reloading = asyncio.Lock()
         self._bound = policy  # the policy whose addresses are bound: those change on restart only
+        self._callers: CallerServer | None = None
         self._data_runner: web.ServerRunner | None = None
         self._admin_runner: web.AppRunner | None = None
         self.data_port = 0
@@ -54,9 +56,7 @@ class Sidecar:
         await self._admin_runner.setup()
         await self._bind(self._admin_runner, policy.admin.listen, "admin")
         self.admin_port = _bound_port(self._admin_runner)
-        # A caller that hangs up cancels its request: the upstream call stops and its slot frees up
-        # (nginx's default too), instead of waiting out the read timeout for nobody.
-        server = web.Server(self.pipeline, access_log=None, handler_cancellation=True)
+        server = self._callers = CallerServer(self.pipeline, policy.limits, self._refused_caller)
         # The grace is the sidecar's to keep (see stop): aiohttp only cancels what outlasted it.
         self._data_runner = web.ServerRunner(server, shutdown_timeout=CANCEL_WAIT)
         await self._data_runner.setup()
@@ -68,6 +68,10 @@ class Sidecar:
             policy.listen.host, self.data_port, policy.admin.listen.host, self.admin_port,
             len(policy.upstreams), policy.source,
         )
+
+    def _refused_caller(self, reason: str) -> None:
+        if self.runtime is not None:
+            self.runtime.metrics.refused("", reason)
 
     async def _bind(self, runner: web.BaseRunner, address: Address, key: str) -> web.TCPSite:
         site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
@@ -108,6 +112,8 @@ class Sidecar:
             await new.cache.warm_up()
         self.runtime = self.pipeline.runtime = self.admin_state.runtime = new
         self.policy = policy
+        if self._callers is not None:
+            self._callers.limits = policy.limits  # connections accepted from now on
         task = asyncio.create_task(self._retire(old, new, policy.shutdown_grace))
         self._retiring[task] = (old, new)
         task.add_done_callback(self._retiring.pop)

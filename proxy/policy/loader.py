@@ -26,6 +26,7 @@ from proxy.policy.model import (
     CacheSettings,
     Conditions,
     Limits,
+    ListenerLimits,
     Policy,
     RetryPolicy,
     Route,
@@ -134,7 +135,23 @@ LIMITS: Mapping[str, Reader] = {
     "max_concurrent": _count(1),
     "max_queue": _count(0),
     "max_request_body": _optional_size,
+    "keepalive": _duration,
+    "keepalive_non_idempotent": _duration,
 }
+LISTENER_LIMITS: Mapping[str, Reader] = {
+    "max_header_bytes": lambda node, _: _bounded_size(node, 1024),
+    "max_headers": _count(1),
+    "header_timeout": _positive_duration,
+    "idle_timeout": _positive_duration,
+    "max_connections": _count(1),
+}
+
+
+def _bounded_size(node: Located, minimum: int) -> int:
+    value = node.size()
+    if value < minimum:
+        raise Invalid(f"expected a size of at least {minimum} bytes, got {value}")
+    return value
 
 
 def overlay(inherited: D, node: Located, spec: Mapping[str, Reader]) -> D:
@@ -186,7 +203,7 @@ def _check_backoff(retry: RetryPolicy, inherited: RetryPolicy, node: Located) ->
 
 # -- top level -----------------------------------------------------------------------------------------
 
-TOP_KEYS = ("listen", "admin", "defaults", "upstreams", "cache", "shutdown_grace")
+TOP_KEYS = ("listen", "admin", "limits", "defaults", "upstreams", "cache", "shutdown_grace")
 DEFAULTS_KEYS = ("timeouts", "retry", "breaker", "limits", "throttle")
 UPSTREAM_KEYS = ("url", "headers", "timeouts", "retry", "breaker", "limits", "throttle", "routes")
 ROUTE_KEYS = ("name", "match", "timeouts", "retry", "breaker", "idempotent", "cache")
@@ -227,6 +244,7 @@ def _build(root: Located) -> Policy | None:
     upstreams = _upstreams(top.get("upstreams"), defaults)
     cache = _cache_settings(top.get("cache"))
     grace = top["shutdown_grace"].read(lambda n: n.duration()) if "shutdown_grace" in top else None
+    limits = overlay(ListenerLimits(), top["limits"], LISTENER_LIMITS) if "limits" in top else ListenerLimits()
     if listen is not None and admin is not None and listen == admin.listen and listen.port != 0:
         if "admin" in top:
             top["admin"].report_at_key(f"the admin port must differ from listen ({listen})")
@@ -239,6 +257,7 @@ def _build(root: Located) -> Policy | None:
         upstreams=MappingProxyType(upstreams),
         cache=cache,
         shutdown_grace=grace if grace is not None else 10.0,
+        limits=limits,
     )
 
 

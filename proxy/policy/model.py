@@ -97,6 +97,25 @@ class Limits:
     max_concurrent: int = 100
     max_queue: int = 50
     max_request_body: int | None = None  # None: unlimited (bodies stream)
+    # How long an idle pooled connection may be reused. Servers close idle connections on their own timer (Node 5 s,
+    # Apache 5 s, nginx 75 s), and one closed just as a request goes out fails that request: kept below them.
+    keepalive: float = 4.0
+    # A request that may not be replayed (a WhatsApp send) only goes out on a connection used this recently (or a
+    # new one): lost on a stale connection, it could not be told apart from one the upstream processed.
+    keepalive_non_idempotent: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerLimits:
+    """What one caller connection may hold on the data port, decided before any route is known (nginx's
+    client_header_timeout and large_client_header_buffers, Envoy's max_request_headers_kb and
+    request_headers_timeout)."""
+
+    max_header_bytes: int = 64 * 1024  # the request line and every header, as sent
+    max_headers: int = 100
+    header_timeout: float = 10.0  # from the connection's (or the next request's) first byte to the end of its head
+    idle_timeout: float = 60.0  # a kept-alive connection with no request in progress is closed after this
+    max_connections: int = 1024  # open caller connections; one more is answered 503 and closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,3 +206,4 @@ class Policy:
     upstreams: Mapping[str, Upstream]  # a read-only mapping
     cache: CacheSettings
     shutdown_grace: float = 10.0
+    limits: ListenerLimits = ListenerLimits()

@@ -72,6 +72,8 @@ def _limits(limits: Limits) -> dict[str, Any]:
         "max_concurrent": limits.max_concurrent,
         "max_queue": limits.max_queue,
         "max_request_body": limits.max_request_body,
+        "keepalive": format_duration(limits.keepalive),
+        "keepalive_non_idempotent": format_duration(limits.keepalive_non_idempotent),
     }
 
 
@@ -123,6 +125,13 @@ def effective_policy(policy: Policy) -> dict[str, Any]:
         "listen": str(policy.listen),
         "admin": {"listen": str(policy.admin.listen), "token": REDACTED if policy.admin.token else None},
         "shutdown_grace": format_duration(policy.shutdown_grace),
+        "limits": {
+            "max_header_bytes": policy.limits.max_header_bytes,
+            "max_headers": policy.limits.max_headers,
+            "header_timeout": format_duration(policy.limits.header_timeout),
+            "idle_timeout": format_duration(policy.limits.idle_timeout),
+            "max_connections": policy.limits.max_connections,
+        },
         "cache": {
             "backend": cache.backend,
             "redis_url": redact_url(cache.redis_url),

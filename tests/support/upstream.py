@@ -54,7 +54,10 @@ class FaultyUpstream:
         self._script.extend(behaviours)
 
     async def start(self) -> FaultyUpstream:
-        self._runner = web.ServerRunner(web.Server(self._handle), access_log=None, shutdown_timeout=0.5)
+        self._runner = web.ServerRunner(
+            # auto_decompress off: tests compare the bytes that arrived with the bytes the caller sent
+            web.Server(self._handle, auto_decompress=False), access_log=None, shutdown_timeout=0.5
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()

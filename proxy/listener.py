@@ -1,0 +1,225 @@
+"""The data port's side of each caller connection: what a caller may hold before any route is known.
+
+An adapter around aiohttp's server, because aiohttp cannot say these things itself:
+- a **header timeout** (slowloris): aiohttp waits for a request head for as long as its bytes trickle in; here a
+  head must be complete within `limits.header_timeout` of its first byte (of the connection's accept, for the first
+  request), else the caller gets 408 and the connection is closed (nginx's client_header_timeout);
+- a **bound on the whole head** (`limits.max_header_bytes`, counted as the bytes arrive, before aiohttp buffers
+  them) and on the number of headers: 431 `headers_too_large` (Envoy's max_request_headers_kb);
+- a **bound on open connections** (`limits.max_connections`): one more is answered 503 `overloaded` and closed;
+- parse errors answered in the sidecar's own error format (`X-Egress-Error`), not aiohttp's text page and
+  traceback in the log;
+- an `Expect` other than `100-continue`: 417 (`100-continue` itself is answered when the body is wanted, see
+  `forward.RequestBody.read`);
+- a body the sidecar did not read to its end is never drained: the connection closes (`lingering_time=0`
+  and `Connection: close`), so a caller refused with 413 cannot make the sidecar read 2 GiB for nothing.
+
+Request bodies are never decoded on the way in (`auto_decompress=False`): a gzip body reaches the upstream as the
+caller's bytes, under the caller's `Content-Encoding`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
+
+from proxy.errors import BadRequest, EgressError, ExpectationFailed, HeadersTooLarge, Overloaded, RequestTimeout
+from proxy.policy import ListenerLimits
+from proxy.respond import error_body, error_response
+
+log = logging.getLogger("egress.listener")
+
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+Refused = Callable[[str], None]  # told the reason of every caller refused here (for `egress_rejected_total`)
+
+_HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
+
+
+def raw_error(error: EgressError) -> bytes:
+    """A whole HTTP/1.1 answer for a connection that never completed a request head (no request to answer
+    through aiohttp): the sidecar's usual error body, then the connection closes."""
+    body = error_body(error.reason, error.upstream, error.detail)
+    advice = error.advice()
+    retry_after = f"Retry-After: {advice}\r\n" if advice is not None else ""
+    head = (
+        f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}\r\nContent-Type: application/json\r\n"
+        f"X-Egress-Error: {error.reason}\r\n{retry_after}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+def _head_end(window: bytes) -> int:
+    """The index just past the end of a request head in `window`, or -1."""
+    ends = [found + len(marker) for marker in _HEAD_ENDS if (found := window.find(marker)) >= 0]
+    return min(ends) if ends else -1
+
+
+class CallerConnection(web.RequestHandler):
+    """One caller connection: aiohttp's protocol plus the head's clock and byte count."""
+
+    def __init__(self, server: CallerServer, limits: ListenerLimits, **kwargs: Any) -> None:
+        super().__init__(server, loop=asyncio.get_running_loop(), **kwargs)
+        self._server = server
+        self._limits = limits
+        self._head_open = True  # the bytes arriving now are a request head (before the first request, between two)
+        self._head_bytes = 0
+        self._tail = b""  # the last bytes of the head so far: its end marker may straddle two reads
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if len(self._server.connections) > self._limits.max_connections:
+            self._refuse(Overloaded(f"{self._limits.max_connections} caller connections are open (limits reached)"))
+            return
+        self._arm()  # from the accept: a connection that never sends a byte is closed too
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._stop_clock()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_open and data:
+            if self._head_timer is None:
+                self._arm()
+            window = self._tail + data
+            end = _head_end(window)
+            if end >= 0:
+                size = self._head_bytes + end - len(self._tail)
+                self._head_complete()
+            else:
+                size = self._head_bytes = self._head_bytes + len(data)
+                self._tail = window[-3:]
+            if size > self._limits.max_header_bytes:
+                self._refuse(HeadersTooLarge(f"the request head exceeds limits.max_header_bytes "
+                                             f"({self._limits.max_header_bytes} bytes)"))
+                return
+        super().data_received(data)
+
+    def request_started(self) -> None:
+        self._head_complete()
+
+    def request_finished(self, request: web.BaseRequest) -> None:
+        """The next bytes are the next request's head, unless this request's body was left unread: then the
+        connection closes after the answer, and what still arrives of the body must not count as a head."""
+        if request.body_exists and not request.content.is_eof():
+            return
+        self._head_open, self._head_bytes, self._tail = True, 0, b""
+
+    def _head_complete(self) -> None:
+        self._head_open = False
+        self._stop_clock()
+
+    def _stop_clock(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _arm(self) -> None:
+        self._head_timer = asyncio.get_running_loop().call_later(self._limits.header_timeout, self._head_timed_out)
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self._head_open:
+            return
+        if self._head_bytes or self._tail:  # a head was started: say why it ends
+            self._refuse(RequestTimeout(f"the request head did not arrive within {self._limits.header_timeout:g}s"))
+        else:  # nothing at all since the accept: nobody to answer
+            self._server.refused("idle_connection")
+            self._end()
+
+    def _refuse(self, error: EgressError) -> None:
+        self._server.refused(error.reason)
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(raw_error(error))
+        self._end()
+
+    def _end(self) -> None:
+        self._head_open = False  # whatever still arrives is dropped by aiohttp (force_close), not counted
+        self._stop_clock()
+        self.force_close()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """aiohttp could not parse the request (or a bug raised): the sidecar's error body, one log line, close.
+        A head over aiohttp's own bounds (a field over max_header_bytes, more than max_headers) is a 431."""
+        error: EgressError
+        if isinstance(exc, LineTooLong) or (isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc)):
+            error = HeadersTooLarge(f"the request head exceeds limits.max_header_bytes or limits.max_headers: {exc}")
+        elif status < 500:
+            error = BadRequest(f"malformed request: {exc if exc is not None else message}")
+        else:
+            log.error("unhandled error answering %s %s", request.method, request.rel_url, exc_info=exc)
+            return super().handle_error(request, status, exc, message)
+        log.info("refused a malformed request from %s: %s", request.remote, error.detail[:200])
+        self._server.refused(error.reason)
+        response = error_response(error, {})
+        response.force_close()
+        return response
+
+
+class CallerServer(web.Server):
+    """aiohttp's server with `CallerConnection` as its protocol. `limits` may be replaced (a policy reload):
+    connections accepted after that use the new ones."""
+
+    def __init__(self, handler: Handler, limits: ListenerLimits, refused: Refused) -> None:
+        # A caller that hangs up cancels its request: the upstream call stops and its slot frees up (nginx's
+        # default too), instead of waiting out the read timeout for nobody.
+        super().__init__(self._handle, access_log=None, handler_cancellation=True)
+        self._handler = handler
+        self.limits = limits
+        self.refused = refused
+
+    def __call__(self) -> CallerConnection:
+        limits = self.limits
+        return CallerConnection(
+            self,
+            limits,
+            access_log=None,
+            keepalive_timeout=limits.idle_timeout,
+            # aiohttp's own bounds, a backstop behind the byte count in data_received (which a pipelined head
+            # escapes): no field, and no request line, longer than the whole head may be.
+            max_line_size=limits.max_header_bytes,
+            max_field_size=limits.max_header_bytes,
+            max_headers=limits.max_headers,
+            auto_decompress=False,  # the caller's body bytes go upstream as sent, Content-Encoding and all
+            lingering_time=0,  # an unread body is not drained: the connection closes (see module doc)
+        )
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        connection = request.protocol
+        assert isinstance(connection, CallerConnection)
+        connection.request_started()
+        try:
+            response = await self._answer(request)
+            if request.body_exists and not request.content.is_eof():
+                response.force_close()  # the caller is told the connection ends with this answer
+            return response
+        finally:
+            connection.request_finished(request)
+
+    async def _answer(self, request: web.BaseRequest) -> web.StreamResponse:
+        if len(request.raw_headers) > self.limits.max_headers:
+            self.refused("headers_too_large")
+            error = HeadersTooLarge(f"{len(request.raw_headers)} headers, over limits.max_headers "
+                                    f"({self.limits.max_headers})")
+            response = error_response(error, {})
+            response.force_close()
+            return response
+        expect = request.headers.get("Expect")
+        if expect is not None and expect.lower() != "100-continue":
+            self.refused("expectation_failed")
+            return error_response(ExpectationFailed(f"unsupported Expect: {expect[:100]!r}"), {})
+        return await self._handler(request)
+
