@@ -11,8 +11,11 @@ An adapter around aiohttp's server, because aiohttp cannot say these things itse
   traceback in the log;
 - an `Expect` other than `100-continue`: 417 (`100-continue` itself is answered when the body is wanted, see
   `forward.RequestBody.read`);
-- a body the sidecar did not read to its end is never drained: the connection closes (`lingering_time=0`
-  and `Connection: close`), so a caller refused with 413 cannot make the sidecar read 2 GiB for nothing.
+- a body the sidecar did not read to its end is not drained: the answer says `Connection: close`, and what
+  still arrives is read and dropped for at most `LINGER_TIME` and `LINGER_BYTES` before the connection closes
+  (nginx's lingering close, bounded in bytes as well), so a caller refused with 413 cannot make the sidecar read
+  2 GiB for nothing, yet still reads its answer (closing at once, with its body unread, would reset the
+  connection and could destroy the answer before the caller read it).
 
 Request bodies are never decoded on the way in (`auto_decompress=False`): a gzip body reaches the upstream as the
 caller's bytes, under the caller's `Content-Encoding`.
@@ -39,6 +42,8 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 Refused = Callable[[str], None]  # told the reason of every caller refused here (for `egress_rejected_total`)
 
 _HEAD_ENDS = (b"\r\n\r\n", b"\n\n")
+LINGER_TIME = 1.0  # seconds an answered connection keeps reading (and dropping) what the caller still sends
+LINGER_BYTES = 1024 * 1024  # ... and at most this much of it
 
 
 def raw_error(error: EgressError) -> bytes:
@@ -71,6 +76,8 @@ class CallerConnection(web.RequestHandler):
         self._head_bytes = 0
         self._tail = b""  # the last bytes of the head so far: its end marker may straddle two reads
         self._head_timer: asyncio.TimerHandle | None = None
+        self._lingered: int | None = None  # bytes dropped since the answer that ends this connection, if any
+        self._answered = False  # the sidecar wrote its own answer (a refusal before any request): drop the rest
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -84,7 +91,14 @@ class CallerConnection(web.RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._head_open and data:
+        if self._lingered is not None:
+            self._lingered += len(data)
+            if self._lingered > LINGER_BYTES:
+                self.force_close()
+                return
+            if self._answered:
+                return  # no parser wanted: the answer is out
+        elif self._head_open and data:
             if self._head_timer is None:
                 self._arm()
             window = self._tail + data
@@ -108,6 +122,7 @@ class CallerConnection(web.RequestHandler):
         """The next bytes are the next request's head, unless this request's body was left unread: then the
         connection closes after the answer, and what still arrives of the body must not count as a head."""
         if request.body_exists and not request.content.is_eof():
+            self._lingered = 0  # aiohttp reads on for `lingering_time`; data_received bounds the bytes
             return
         self._head_open, self._head_bytes, self._tail = True, 0, b""
 
@@ -136,12 +151,23 @@ class CallerConnection(web.RequestHandler):
     def _refuse(self, error: EgressError) -> None:
         self._server.refused(error.reason)
         transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.write(raw_error(error))
-        self._end()
+        if transport is None or transport.is_closing():
+            self._end()
+            return
+        self._head_open = False
+        self._stop_clock()
+        transport.write(raw_error(error))
+        if transport.can_write_eof():
+            transport.write_eof()  # the answer, then our end of the stream; what the caller still sends is dropped
+        self._answered, self._lingered = True, 0
+        asyncio.get_running_loop().call_later(LINGER_TIME, self.force_close)
+
+    def eof_received(self) -> None:
+        if self._answered:  # the caller is done too: nothing left to linger for
+            self.force_close()
 
     def _end(self) -> None:
-        self._head_open = False  # whatever still arrives is dropped by aiohttp (force_close), not counted
+        self._head_open = False
         self._stop_clock()
         self.force_close()
 
@@ -155,10 +181,11 @@ class CallerConnection(web.RequestHandler):
         """aiohttp could not parse the request (or a bug raised): the sidecar's error body, one log line, close.
         A head over aiohttp's own bounds (a field over max_header_bytes, more than max_headers) is a 431."""
         error: EgressError
+        said = exc.message if isinstance(exc, BadHttpMessage) else (exc or message)
         if isinstance(exc, LineTooLong) or (isinstance(exc, BadHttpMessage) and "Too many headers" in str(exc)):
-            error = HeadersTooLarge(f"the request head exceeds limits.max_header_bytes or limits.max_headers: {exc}")
+            error = HeadersTooLarge(f"the request head exceeds limits.max_header_bytes or limits.max_headers: {said}")
         elif status < 500:
-            error = BadRequest(f"malformed request: {exc if exc is not None else message}")
+            error = BadRequest(f"malformed request: {said}")
         else:
             log.error("unhandled error answering %s %s", request.method, request.rel_url, exc_info=exc)
             return super().handle_error(request, status, exc, message)
@@ -194,7 +221,7 @@ class CallerServer(web.Server):
             max_field_size=limits.max_header_bytes,
             max_headers=limits.max_headers,
             auto_decompress=False,  # the caller's body bytes go upstream as sent, Content-Encoding and all
-            lingering_time=0,  # an unread body is not drained: the connection closes (see module doc)
+            lingering_time=LINGER_TIME,  # an unread body is read and dropped this long at most (see module doc)
         )
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:

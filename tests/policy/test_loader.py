@@ -104,7 +104,7 @@ def test_unknown_key_with_did_you_mean():
 
 def test_unknown_key_without_a_close_match():
     found = problem("listen: 127.0.0.1:7001\nzzz: 1\n")
-    assert found.startswith("policy.yaml:2: zzz: unknown key; expected one of: admin, cache, defaults, listen")
+    assert found.startswith("policy.yaml:2: zzz: unknown key; expected one of: admin, cache, defaults, limits, listen")
     assert "did you mean" not in found
 
 

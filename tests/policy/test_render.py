@@ -112,7 +112,10 @@ def test_the_effective_policy_has_the_defaults_merged():
     assert gemini["throttle"] == [
         {"status": 429, "field": None, "codes": [], "delay_field": "error.details[].retryDelay", "delay": "1s"}
     ]
-    assert gemini["limits"] == {"max_concurrent": 100, "max_queue": 50, "max_request_body": None}
+    assert gemini["limits"] == {
+        "max_concurrent": 100, "max_queue": 50, "max_request_body": None, "keepalive": "4s",
+        "keepalive_non_idempotent": "1s",
+    }
     supabase = rendered["upstreams"]["supabase"]
     auth = supabase["routes"][0]
     assert auth["cache"]["ttl"] == "60s" and auth["timeouts"]["read"] == "5s"
