@@ -235,7 +235,8 @@ def build_stack(
 
 
 def admin_post(sidecar: Sidecar, path: str) -> dict[str, object]:
-    request = urllib.request.Request(f"{sidecar.admin}{path}", method="POST", data=b"")
+    # No body: urllib labels even an empty one form-urlencoded, a type the admin port refuses (CSRF).
+    request = urllib.request.Request(f"{sidecar.admin}{path}", method="POST")
     with urllib.request.urlopen(request, timeout=5) as response:
         result: dict[str, object] = json.load(response)
         return result

@@ -1,7 +1,18 @@
 """The admin port: health, readiness, metrics, breakers, upstreams, the effective policy and cache purges.
 
-It reads the runtime; it never reaches into stage internals. Mutating endpoints need
-`Authorization: Bearer <admin.token>` when the policy sets a token.
+It reads the runtime; it never reaches into stage internals.
+
+Mutating endpoints (`POST /breakers/...`, `POST /reload`, `DELETE /cache`) are guarded in this order:
+
+1. Cross-site requests are refused (403 `cross_origin`): a request whose `Origin` is not this admin's own
+   (`http://<Host>`), or whose `Sec-Fetch-Site` is not `same-origin` / `none`. Browsers send these on every
+   cross-site POST; curl, Prometheus and scripts send neither, so they pass.
+2. A body type a browser may send cross-site without a preflight (`text/plain`, `application/x-www-form-urlencoded`,
+   `multipart/form-data`) is refused (415 `unsupported_media_type`): send no body (`curl -X POST`), or
+   `Content-Type: application/json`. So an HTML form or a no-cors `fetch` can never reach a handler, Origin or not.
+3. Without a token (loopback only: the loader refuses an admin beyond loopback without one) the `Host` must name
+   loopback (403 `bad_host`), so a DNS-rebound name pointing at 127.0.0.1 is refused too.
+4. With `admin.token` set, `Authorization: Bearer <token>` is required (401), compared in constant time.
 """
 
 from __future__ import annotations
@@ -18,6 +29,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy import __version__
+from proxy.policy.model import is_loopback_host
 from proxy.policy.render import effective_policy
 from proxy.runtime import Runtime
 
@@ -52,10 +64,46 @@ def _json(data: Any, status: int = 200) -> web.Response:
     return web.json_response(data, status=status, dumps=functools.partial(json.dumps, indent=2))
 
 
+# The request content types a browser sends cross-origin without a CORS preflight (Fetch standard, "CORS-safelisted
+# request-header"): the only bodies a foreign page can make a browser send here.
+SIMPLE_CONTENT_TYPES = frozenset({"text/plain", "application/x-www-form-urlencoded", "multipart/form-data"})
+SAME_SITE_FETCHES = frozenset({"same-origin", "none"})  # `none`: typed in the address bar, a bookmark
+
+
+def _forbidden(error: str, detail: str, status: int = 403) -> web.Response:
+    return web.json_response({"error": error, "detail": detail}, status=status)
+
+
+def _cross_site(request: web.Request) -> web.Response | None:
+    """Why a mutating request may come from another site's page (CSRF), or None when it cannot."""
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None and fetch_site.strip().lower() not in SAME_SITE_FETCHES:
+        return _forbidden("cross_origin", f"Sec-Fetch-Site: {fetch_site} is refused on a mutating endpoint")
+    origin = request.headers.get("Origin")
+    if origin is not None and origin.strip().lower() != f"{request.scheme}://{request.host}".lower():
+        return _forbidden("cross_origin", "a request from another origin is refused on a mutating endpoint")
+    content_type = request.headers.get("Content-Type")
+    if content_type is not None and content_type.partition(";")[0].strip().lower() in SIMPLE_CONTENT_TYPES:
+        return _forbidden(
+            "unsupported_media_type", "send no body, or Content-Type: application/json", status=415
+        )
+    return None
+
+
+def _host_is_loopback(request: web.Request) -> bool:
+    host = request.host
+    if host.startswith("["):  # `[::1]:9901`
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    return is_loopback_host(host)
+
+
 def _authorized(request: web.Request) -> bool:
-    token = _state(request).runtime.policy.admin.token
+    admin = _state(request).runtime.policy.admin
+    token = admin.token
     if not token:
-        return True
+        return admin.listen.is_loopback  # the loader refuses this already: never open beyond loopback
     scheme, _, supplied = request.headers.get("Authorization", "").partition(" ")
     # The scheme is case-insensitive (RFC 9110 §11.1). aiohttp hands undecodable header bytes over as
     # surrogates: back to the same bytes, never an error.
@@ -66,6 +114,11 @@ def _authorized(request: web.Request) -> bool:
 
 def mutating(handler: Handler) -> Handler:
     async def guarded(request: web.Request) -> web.StreamResponse:
+        refused = _cross_site(request)
+        if refused is not None:
+            return refused
+        if not _state(request).runtime.policy.admin.token and not _host_is_loopback(request):
+            return _forbidden("bad_host", "without admin.token, send Host: 127.0.0.1 or localhost")
         if not _authorized(request):
             return web.json_response(
                 {"error": "unauthorized", "detail": "send Authorization: Bearer <admin.token>"},

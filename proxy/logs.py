@@ -1,5 +1,6 @@
 """Logging set-up and the access log. Credentials never reach a log line: headers are not logged, and
-secret query values (`access_token`, `key`, ...) are replaced before a path is written."""
+secret query values (`access_token`, `key`, `X-Amz-Signature`, ... and the policy's `redact.query`) are replaced
+before a path is written, in the access log and in every other line that names a request target."""
 
 from __future__ import annotations
 
@@ -8,17 +9,19 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, NamedTuple
 
+from proxy.policy.model import SECRET_QUERY_NAMES
 from proxy.policy.render import redact_query
 
 access_log = logging.getLogger("egress.access")
 Fields = Callable[[], dict[str, Any]]
 
 
-def redact_target(path: str, query: str) -> str:
-    return f"{path}?{redact_query(query)}" if query else path
+def redact_target(path: str, query: str, names: Collection[str] = SECRET_QUERY_NAMES) -> str:
+    """`names`: the running policy's `redact.query` (the defaults plus its additions)."""
+    return f"{path}?{redact_query(query, names)}" if query else path
 
 
 class _SecondStamp:

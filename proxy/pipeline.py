@@ -144,7 +144,7 @@ class Pipeline:
         a write that invalidates goes upstream and then invalidates; anything else goes straight on."""
         assert ex.target is not None
         cache = self.runtime.cache
-        plan = cache.plan(ex.target, request.method, request.headers)
+        plan = cache.plan(ex.target, request.method, request.headers, self.runtime.policy.redact.query)
         if isinstance(plan, WritePlan):
             return await self._proxy(request, ex, state, functools.partial(self._invalidating, plan))
         if not isinstance(plan, ReadPlan):
@@ -374,7 +374,8 @@ class Pipeline:
         status = 499 if ex.broken == "client_disconnected" else ex.status
         path = request.raw_path
         if "?" in path:
-            path = redact_target(*path.split("?", 1))
+            bare, _, query = path.partition("?")
+            path = redact_target(bare, query, self.runtime.policy.redact.query)
         self.ledger.record(
             AccessEntry(
                 ex.request_id, upstream, route, ex.method, path, status, (time.monotonic() - ex.started) * 1000,

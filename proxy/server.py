@@ -46,12 +46,14 @@ class Sidecar:
 
     async def start(self) -> None:
         policy = self.policy
+        if not policy.admin.listen.is_loopback and not policy.admin.token:
+            # The loader refuses such a policy; this catches one built another way before anything is bound.
+            raise PolicyError([Problem(policy.source, policy.admin.listen.line, "admin",
+                                       f"{policy.admin.listen} is reachable beyond this host: set admin.token")])
         self.runtime = Runtime(policy)
         await self.runtime.cache.warm_up()  # a Redis that is down is not fatal: requests go on uncached
         self.pipeline = Pipeline(self.runtime)
         self.admin_state = AdminState(self.runtime, reload=self.reload)
-        if not policy.admin.listen.is_loopback:
-            log.warning("admin port bound to %s: it is reachable beyond this host", policy.admin.listen)
         self._admin_runner = web.AppRunner(build_admin_app(self.admin_state), access_log=None)
         await self._admin_runner.setup()
         await self._bind(self._admin_runner, policy.admin.listen, "admin")
@@ -104,6 +106,15 @@ class Sidecar:
             log.exception("policy reload failed, the running policy stays")
             self.runtime.metrics.reloads.labels("refused").inc()
             return ReloadResult(False, [f"{self.policy.source}: {type(exc).__name__}: {exc}"], [])
+        bound_admin = self._bound.admin.listen
+        if not bound_admin.is_loopback and not policy.admin.token:
+            # The loader checks the new policy's own address; the port stays bound where it is until a restart.
+            problem = Problem(policy.source, policy.admin.listen.line, "admin",
+                              f"the admin port stays bound to {bound_admin} (beyond this host) until a restart: "
+                              "keep admin.token set")
+            log.error("policy reload refused, the running policy stays:\n%s", problem)
+            self.runtime.metrics.reloads.labels("refused").inc()
+            return ReloadResult(False, [str(problem)], [])
         notes = _restart_only_changes(self._bound, policy)
         for note in notes:
             log.warning("policy reload: %s", note)

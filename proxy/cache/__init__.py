@@ -22,7 +22,7 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 
 from multidict import CIMultiDictProxy
@@ -37,6 +37,7 @@ from proxy.errors import EgressError, Throttled, UpstreamTimeout
 from proxy.logs import redact_target
 from proxy.metrics import Metrics
 from proxy.policy import CacheSettings, Route, RouteCache, Upstream
+from proxy.policy.model import SECRET_QUERY_NAMES
 from proxy.routing import Target
 
 __all__ = ["CACHE_HEADER", "Entry", "Lookup", "ReadPlan", "ResponseCache", "WritePlan"]
@@ -61,11 +62,12 @@ class ReadPlan:
     headers: CIMultiDictProxy[str]  # the caller's, for the values of Vary'd headers
     method: str
     target: Target
+    redact: Collection[str] = SECRET_QUERY_NAMES  # the running policy's `redact.query`, for log lines
 
     def __str__(self) -> str:
         """`supabase bot_profile GET /rest/v1/bot_profiles?id=eq.1`, secrets redacted: for log lines, made only
         when a line is written (log calls take the plan itself)."""
-        where = redact_target(self.target.path, self.target.query)
+        where = redact_target(self.target.path, self.target.query, self.redact)
         return f"{self.key.upstream} {self.key.route} {self.method} {where}"
 
 
@@ -132,14 +134,18 @@ class ResponseCache:
         """Whether a request could be answered from the cache (a HIT, or STALE while the upstream fails)."""
         return method in CACHEABLE_METHODS and route.cache is not None
 
-    def plan(self, target: Target, method: str, headers: CIMultiDictProxy[str]) -> ReadPlan | WritePlan | None:
+    def plan(
+        self, target: Target, method: str, headers: CIMultiDictProxy[str], redact: Collection[str] = SECRET_QUERY_NAMES
+    ) -> ReadPlan | WritePlan | None:
+        """`redact`: the query names the plan's log lines hide (the running policy's, which a reload may change
+        while this cache carries over)."""
         route = target.route
         if route.cache is not None and self.may_answer(route, method):  # (`is not None` again, for the type)
             identity = header_values(headers, route.cache.vary)
             key = self.keys.request(
                 target.upstream.name, route.name, method, target.path, target.query, identity, self._origin(target)
             )
-            return ReadPlan(key, route.cache, request_mode(headers), headers, method, target)
+            return ReadPlan(key, route.cache, request_mode(headers), headers, method, target, redact)
         if method in WRITE_METHODS and _invalidated_by_writes(target):
             return WritePlan(target.upstream.name, target.path, f"{target.upstream.name} {target.path}")
         return None

@@ -9,7 +9,8 @@ Key layout (the Redis backend prefixes every key with `<namespace>:`):
     entry:<upstream>:<route>:<mac(...)>     one stored response
 
 `base` is a keyed hash of the request's identity: method, upstream, path, the query with its parameters sorted,
-and the values of the route's `vary` headers (Authorization, apikey, ...). The entry key adds the three
+and the values of the route's `vary` headers (the policy's credential headers first: Authorization,
+X-Api-Key, ..., so callers that differ in any of them never share an entry). The entry key adds the three
 generations and the values of the headers the upstream's `Vary` named. Bumping a generation (INCR) makes
 every key built with the old value unreachable at once, so invalidation and purge are O(1): nothing is
 scanned, and the orphaned entries simply expire.

@@ -20,6 +20,7 @@ from proxy.policy.model import (
     CACHE_KEY_SECRET_ENV,
     CREDENTIAL_HEADERS,
     OUTCOME_CONDITIONS,
+    SECRET_QUERY_NAMES,
     Address,
     AdminSettings,
     BreakerPolicy,
@@ -28,6 +29,7 @@ from proxy.policy.model import (
     Limits,
     ListenerLimits,
     Policy,
+    Redaction,
     RetryPolicy,
     Route,
     RouteCache,
@@ -203,7 +205,7 @@ def _check_backoff(retry: RetryPolicy, inherited: RetryPolicy, node: Located) ->
 
 # -- top level -----------------------------------------------------------------------------------------
 
-TOP_KEYS = ("listen", "admin", "limits", "defaults", "upstreams", "cache", "shutdown_grace")
+TOP_KEYS = ("listen", "admin", "limits", "defaults", "upstreams", "cache", "shutdown_grace", "redact")
 DEFAULTS_KEYS = ("timeouts", "retry", "breaker", "limits", "throttle")
 UPSTREAM_KEYS = ("url", "headers", "timeouts", "retry", "breaker", "limits", "throttle", "routes")
 ROUTE_KEYS = ("name", "match", "timeouts", "retry", "breaker", "idempotent", "cache")
@@ -243,6 +245,8 @@ def _build(root: Located) -> Policy | None:
         defaults = defaults.apply(entries)
     upstreams = _upstreams(top.get("upstreams"), defaults)
     cache = _cache_settings(top.get("cache"))
+    upstreams = _vary_credentials(upstreams, cache.credential_headers)
+    redact = top["redact"].read(_redaction) if "redact" in top else None
     grace = top["shutdown_grace"].read(lambda n: n.duration()) if "shutdown_grace" in top else None
     limits = overlay(ListenerLimits(), top["limits"], LISTENER_LIMITS) if "limits" in top else ListenerLimits()
     if listen is not None and admin is not None and listen == admin.listen and listen.port != 0:
@@ -250,6 +254,10 @@ def _build(root: Located) -> Policy | None:
             top["admin"].report_at_key(f"the admin port must differ from listen ({listen})")
         else:
             top["listen"].report(f"{listen} is the admin port's default: set 'admin' to another address")
+    if admin is not None and not admin.listen.is_loopback and not admin.token:
+        # Refused, not warned: anyone who reaches the port could open breakers, purge the cache, reload.
+        top["admin"].report_at_key(f"{admin.listen} is reachable beyond this host: set admin.token (mutating "
+                                   "endpoints then need it) or listen on a loopback address")
     return Policy(
         source=root.ctx.file,
         listen=listen or DEFAULT_LISTEN,
@@ -258,7 +266,54 @@ def _build(root: Located) -> Policy | None:
         cache=cache,
         shutdown_grace=grace if grace is not None else 10.0,
         limits=limits,
+        redact=redact or Redaction(),
     )
+
+
+def _redaction(node: Located) -> Redaction:
+    """`redact: {query: [name, ...]}`: names added to the default list (which cannot be shortened)."""
+    entries = node.mapping(("query",))
+    names = set(SECRET_QUERY_NAMES)
+    items = entries["query"].read(Located.sequence) if "query" in entries else None
+    for item in items or []:
+        name = item.read(Located.text)
+        if name is not None and not name.strip():
+            item.report("expected a query parameter name, got an empty one")
+        elif name is not None:
+            names.add(name.strip().lower())  # compared lowercased and decoded (see render.redact_query)
+    return Redaction(frozenset(names))
+
+
+def _credential_headers(node: Located, _: Any) -> tuple[str, ...]:
+    """Header names added to the default credential headers (which cannot be shortened)."""
+    names = list(CREDENTIAL_HEADERS)
+    for item in node.sequence():
+        name = item.read(Located.text)
+        if name is not None and not _HEADER_NAME.match(name):
+            item.report(f"not a valid header name: {name!r}")
+        elif name is not None and name.lower() not in names:
+            names.append(name.lower())
+    return tuple(names)
+
+
+def _vary_credentials(upstreams: dict[str, Upstream], headers: tuple[str, ...]) -> dict[str, Upstream]:
+    """Every cached route's key names the caller by all the policy's credential headers, so two callers that
+    differ in any of them never share an entry (RouteCache.vary starts with the default ones)."""
+    if headers == CREDENTIAL_HEADERS:
+        return upstreams
+
+    def with_headers(route: Route) -> Route:
+        if route.cache is None:
+            return route
+        vary = (*headers, *(h for h in route.cache.vary if h not in headers))
+        return dataclasses.replace(route, cache=dataclasses.replace(route.cache, vary=vary))
+
+    return {
+        name: dataclasses.replace(
+            u, routes=tuple(with_headers(r) for r in u.routes), default_route=with_headers(u.default_route)
+        )
+        for name, u in upstreams.items()
+    }
 
 
 def _address(node: Located | None, default: Address) -> Address | None:
@@ -562,5 +617,6 @@ def _cache_fields(node: Located) -> CacheSettings:
         "max_body": _size,
         "op_timeout": _positive_duration,
         "namespace": lambda n, _: n.text(),
+        "credential_headers": _credential_headers,
     }
     return overlay(CacheSettings(), node, spec)

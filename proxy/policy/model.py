@@ -5,6 +5,7 @@ Nothing downstream reads raw YAML: a stage asks `route.timeouts.read`, never a d
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,8 +15,36 @@ from yarl import URL
 
 # Retry / breaker conditions an attempt can end with (besides HTTP statuses and `5xx`/`4xx` classes).
 OUTCOME_CONDITIONS = frozenset({"connect_error", "reset", "timeout"})
-# Always part of a cache key: whoever the caller is, another caller never gets its cached answer.
-CREDENTIAL_HEADERS = ("authorization", "apikey", "cookie")
+# Always part of a cache key: whoever the caller is, another caller never gets its cached answer. The common
+# ways an API client names itself (RFC 9110 auth, cookies, API-key headers of Google, AWS, Supabase and the like);
+# `cache.credential_headers` adds more.
+CREDENTIAL_HEADERS = (
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "apikey",
+    "api-key",
+    "x-api-key",
+    "x-goog-api-key",
+    "x-auth-token",
+    "x-access-token",
+    "x-amz-security-token",
+    "x-session-token",
+    "x-client-secret",
+    "x-functions-key",
+    "ocp-apim-subscription-key",
+    "private-token",
+)
+# Query parameters whose values are credentials: never written to a log line or the admin port. Compared
+# decoded and lowercased; `redact.query` adds more. OAuth 2 / OIDC, presigned URLs (AWS SigV4, GCS, Azure
+# SAS `sig`), and the usual API-key and password spellings.
+SECRET_QUERY_NAMES = frozenset({
+    "access_token", "refresh_token", "id_token", "token", "client_secret", "client_assertion", "code",
+    "code_verifier", "assertion", "jwt", "sig", "signature", "x-amz-signature", "x-amz-credential",
+    "x-amz-security-token", "x-goog-signature", "x-goog-credential", "password", "passwd",
+    "pwd", "pass", "secret", "api_key", "apikey", "api-key", "key", "auth", "authorization", "session",
+    "session_id", "sessionid", "sid", "otp", "private_token", "hub.verify_token", "verify_token",
+})
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
@@ -26,11 +55,25 @@ class Address:
     line: int = field(default=0, compare=False, repr=False)  # where the policy said it, for bind errors
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
     @property
     def is_loopback(self) -> bool:
-        return self.host in ("127.0.0.1", "::1", "localhost") or self.host.startswith("127.")
+        """By address, not by spelling: `127.1.2.3`, `::1` written out, `::ffff:127.0.0.1` are loopback too."""
+        return is_loopback_host(self.host)
+
+
+def is_loopback_host(host: str) -> bool:
+    host = host.strip().strip("[]").rstrip(".").lower()
+    if host == "localhost" or host.endswith(".localhost"):  # RFC 6761 §6.3: always resolves to loopback
+        return True
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])  # a scope (`::1%lo`) names the interface
+    except ValueError:
+        return False  # another name: it may resolve anywhere
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +227,8 @@ class CacheSettings:
     max_body: int = 1024 * 1024
     op_timeout: float = 0.05
     namespace: str = "egress"
+    # Request headers that name the caller: part of every cached request's key (see RouteCache.vary).
+    credential_headers: tuple[str, ...] = CREDENTIAL_HEADERS
     # From CACHE_KEY_SECRET_ENV when the policy is read (never rendered): keys the hash that hides credentials
     # in cache keys; replicas sharing a Redis must agree on it.
     key_secret: str = field(default="", repr=False)
@@ -199,6 +244,13 @@ class AdminSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Redaction:
+    """What log lines and the admin port hide: values of these query parameters (lowercase, decoded)."""
+
+    query: frozenset[str] = SECRET_QUERY_NAMES
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     source: str  # the file it came from, for messages
     listen: Address
@@ -207,3 +259,4 @@ class Policy:
     cache: CacheSettings
     shutdown_grace: float = 10.0
     limits: ListenerLimits = ListenerLimits()
+    redact: Redaction = Redaction()

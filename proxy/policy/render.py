@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote_plus
 
 from yarl import URL
 
 from proxy.policy.model import (
+    SECRET_QUERY_NAMES,
     BreakerPolicy,
     Conditions,
     Limits,
@@ -20,10 +22,10 @@ from proxy.policy.model import (
 from proxy.policy.units import format_duration
 
 REDACTED = "<redacted>"
-SECRET_QUERY_KEYS = frozenset({"key", "access_token", "token", "apikey", "api_key", "password", "secret"})
+_DECODE_ROUNDS = 3  # `%2570assword` is `%70assword` after one decoding: a proxy in front may decode once more
 
 
-def redact_url(url: URL | str) -> str:
+def redact_url(url: URL | str, names: Collection[str] = SECRET_QUERY_NAMES) -> str:
     """Credentials in a URL (`user:pass@`, `?access_token=`) never reach a log or the admin port."""
     parsed = URL(str(url))
     text = str(parsed.with_user(None).with_query(None))
@@ -31,18 +33,42 @@ def redact_url(url: URL | str) -> str:
         scheme, _, rest = text.partition("://")
         text = f"{scheme}://{REDACTED}@{rest}"
     if parsed.raw_query_string:
-        text += "?" + redact_query(parsed.raw_query_string)
+        text += "?" + redact_query(parsed.raw_query_string, names)
     return text
 
 
-def redact_query(raw_query: str) -> str:
+def redact_query(raw_query: str, names: Collection[str] = SECRET_QUERY_NAMES) -> str:
     """`a=1&access_token=xyz` -> `a=1&access_token=<redacted>`, leaving everything else byte for byte.
 
-    Keys are compared decoded: a server reads `%6Bey=` as `key=`, so its value is a credential too."""
-    pairs = (pair.partition("=") for pair in raw_query.split("&"))
-    return "&".join(
-        f"{k}={REDACTED}" if eq and unquote(k).lower() in SECRET_QUERY_KEYS else f"{k}{eq}{v}" for k, eq, v in pairs
-    )
+    `names` are lowercase. Keys are compared decoded and lowercased: a server reads `%6Bey=` or `KEY=` as `key=`,
+    so its value is a credential too; `user[password]=` (PHP, Rails) names `password`. Some servers split on `;`
+    as well as `&` (HTML 4's advice), others do not: a secret's value is hidden up to the next `&`, which covers
+    what either kind reads as its value."""
+    return "&".join(_redact_pair(pair, names) for pair in raw_query.split("&"))
+
+
+def _redact_pair(pair: str, names: Collection[str]) -> str:
+    if "=" not in pair:
+        return pair  # a bare flag carries no value
+    pieces = pair.split(";")
+    for i, piece in enumerate(pieces):
+        name, eq, _ = piece.partition("=")
+        if eq and is_secret_name(name, names):
+            return ";".join([*pieces[:i], f"{name}={REDACTED}"])
+    return pair
+
+
+def is_secret_name(raw_name: str, names: Collection[str]) -> bool:
+    name = raw_name
+    for _ in range(_DECODE_ROUNDS):
+        if "%" not in name and "+" not in name:
+            break
+        name = unquote_plus(name)
+    name = name.strip().lower()
+    if name in names:
+        return True
+    # `user[password]`, `password[]`: any bracketed part names the value too.
+    return "[" in name and any(part.strip() in names for part in name.replace("]", "[").split("["))
 
 
 def _timeouts(t: Timeouts) -> dict[str, str]:
@@ -99,9 +125,9 @@ def _route(route: Route) -> dict[str, Any]:
     return out
 
 
-def _upstream(u: Upstream) -> dict[str, Any]:
+def _upstream(u: Upstream, names: Collection[str]) -> dict[str, Any]:
     return {
-        "url": redact_url(u.url),
+        "url": redact_url(u.url, names),
         "headers": {name: REDACTED for name, _ in u.headers},
         "limits": _limits(u.limits),
         "throttle": [
@@ -132,13 +158,15 @@ def effective_policy(policy: Policy) -> dict[str, Any]:
             "idle_timeout": format_duration(policy.limits.idle_timeout),
             "max_connections": policy.limits.max_connections,
         },
+        "redact": {"query": sorted(policy.redact.query)},
         "cache": {
             "backend": cache.backend,
-            "redis_url": redact_url(cache.redis_url),
+            "redis_url": redact_url(cache.redis_url, policy.redact.query),
             "max_entries": cache.max_entries,
             "max_bytes": cache.max_bytes,
             "max_body": cache.max_body,
             "op_timeout": format_duration(cache.op_timeout),
+            "credential_headers": list(cache.credential_headers),
         },
-        "upstreams": {name: _upstream(u) for name, u in policy.upstreams.items()},
+        "upstreams": {name: _upstream(u, policy.redact.query) for name, u in policy.upstreams.items()},
     }

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import logging
+import dataclasses
 import re
 
-from proxy.policy import parse_policy
+import pytest
+
+from proxy.policy import Address, AdminSettings, PolicyError, load_policy, parse_policy
 from proxy.server import Sidecar
 from tests.support.upstream import FaultyUpstream, free_port, hang, respond
 
@@ -120,18 +122,158 @@ async def test_policy_endpoint_redacts_secrets(upstream, make_sidecar, client):
     assert gemini["routes"][0]["timeouts"]["read"] == "200ms"
 
 
-async def test_admin_bound_beyond_loopback_is_logged_as_a_warning(upstream, make_sidecar, caplog):
-    caplog.set_level(logging.WARNING, logger="egress.server")
-    await make_sidecar(policy(upstream, "admin: 0.0.0.0:0"), {"GEMINI_API_KEY": "k"})
-    assert any("admin port bound to 0.0.0.0" in r.getMessage() for r in caplog.records)
+@pytest.mark.parametrize("address", ["0.0.0.0:0", "'[::]:0'", "10.1.2.3:9901", "admin.internal:9901"])
+async def test_admin_beyond_loopback_without_a_token_is_refused_at_start(upstream, make_sidecar, address):
+    with pytest.raises(PolicyError, match=r"test-policy.yaml:\d+: admin: .* is reachable beyond this host: "
+                                          r"set admin.token"):
+        await make_sidecar(policy(upstream, f"admin: {address}"), {"GEMINI_API_KEY": "k"})
+
+
+async def test_a_sidecar_given_a_tokenless_open_admin_by_other_means_refuses_to_start(upstream):
+    loaded = parse_policy("listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\nupstreams: {}\n", "p.yaml", {})
+    opened = dataclasses.replace(loaded, admin=AdminSettings(Address("0.0.0.0", free_port())))
+    sidecar = Sidecar(opened)
+    with pytest.raises(PolicyError, match=r"p\.yaml: admin: 0\.0\.0\.0:\d+ is reachable .*: set admin\.token"):
+        await sidecar.start()
+    assert sidecar.admin_port == 0 and sidecar.data_port == 0  # nothing was bound
+
+
+async def test_admin_beyond_loopback_with_a_token_starts_and_requires_it(upstream, make_sidecar, client):
+    sc = await make_sidecar(policy(upstream, "admin: {listen: 0.0.0.0:0, token: admintoken}"), {"GEMINI_API_KEY": "k"})
+    url = sc.admin + "/breakers/gemini/open"
+    async with client.post(url) as resp:
+        assert resp.status == 401
+    assert sc.runtime.breakers["gemini"].state == "closed"
+    async with client.post(url, headers={"Authorization": "Bearer admintoken"}) as resp:
+        assert resp.status == 200
+    assert sc.runtime.breakers["gemini"].state == "open"
+
+
+@pytest.mark.parametrize("supplied", ["admintoke", "admintokenadmintoken", "", "a", "ADMINTOKEN", "admintoken\u00e9"])
+async def test_a_wrong_token_of_any_length_is_refused(upstream, make_sidecar, client, supplied):
+    sc = await make_sidecar(policy(upstream, "admin: {listen: 127.0.0.1:0, token: admintoken}"),
+                            {"GEMINI_API_KEY": "k"})
+    headers = {"Authorization": f"Bearer {supplied}"} if supplied.strip() else {}
+    async with client.post(sc.admin + "/breakers/gemini/open", headers=headers) as resp:
+        assert resp.status == 401
+    assert sc.runtime.breakers["gemini"].state == "closed"
+
+
+async def raw_admin(port: int, head: str, body: bytes = b"") -> bytes:
+    """One request written byte for byte, as a browser would send it (aiohttp's client adds headers of its own)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(head.replace("\n", "\r\n").encode() + f"Content-Length: {len(body)}\r\n"
+                 "Connection: close\r\n\r\n".encode() + body)
+    answer = await reader.read()
+    writer.close()
+    return answer
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        # A foreign page's form or no-cors fetch: text/plain needs no preflight, so the browser just sends it.
+        "Origin: http://evil.example\nContent-Type: text/plain\n",
+        "Origin: http://evil.example\n",
+        "Origin: null\nContent-Type: application/json\n",
+        "Sec-Fetch-Site: cross-site\n",
+        "Sec-Fetch-Site: same-site\nContent-Type: text/plain\n",
+        # A browser that sends no Origin still labels a form's body with a type no script here sends.
+        "Content-Type: text/plain\n",
+        "Content-Type: application/x-www-form-urlencoded\n",
+        "Content-Type: Multipart/Form-Data; boundary=x\n",
+    ],
+)
+async def test_a_cross_site_request_cannot_open_a_breaker(upstream, make_sidecar, headers):
+    sc = await make_sidecar(policy(upstream), {"GEMINI_API_KEY": "k"})
+    port = sc.sidecar.admin_port
+    answer = await raw_admin(port, f"POST /breakers/gemini/open HTTP/1.1\nHost: 127.0.0.1:{port}\n{headers}", b"x=1")
+    assert answer.split(b" ", 2)[1] in (b"403", b"415"), answer[:200]
+    assert sc.runtime.breakers["gemini"].state == "closed"
+
+
+async def test_cross_site_requests_cannot_reload_or_purge(upstream, make_sidecar, client):
+    sc = await make_sidecar(policy(upstream), {"GEMINI_API_KEY": "k"})
+    foreign = {"Origin": "http://evil.example"}
+    async with client.post(sc.admin + "/reload", headers=foreign) as resp:
+        assert resp.status == 403 and (await resp.json())["error"] == "cross_origin"
+    async with client.delete(sc.admin + "/cache?upstream=gemini", headers=foreign) as resp:
+        assert resp.status == 403
+    async with client.get(sc.admin + "/breakers", headers=foreign) as resp:
+        assert resp.status == 200  # reads change nothing: a dashboard elsewhere may show them
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        "",  # curl -X POST, Prometheus' tooling, scripts
+        "Content-Type: application/json\n",
+        "Origin: http://127.0.0.1:{port}\nSec-Fetch-Site: same-origin\nContent-Type: application/json\n",
+        "Sec-Fetch-Site: none\n",
+    ],
+)
+async def test_same_origin_and_non_browser_requests_still_work(upstream, make_sidecar, headers):
+    sc = await make_sidecar(policy(upstream), {"GEMINI_API_KEY": "k"})
+    port = sc.sidecar.admin_port
+    head = f"POST /breakers/gemini/open HTTP/1.1\nHost: 127.0.0.1:{port}\n{headers.format(port=port)}"
+    answer = await raw_admin(port, head)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert sc.runtime.breakers["gemini"].state == "open"
+
+
+async def test_without_a_token_a_rebound_host_name_is_refused(upstream, make_sidecar):
+    """DNS rebinding: a page on evil.example re-resolves its name to 127.0.0.1; its requests are same-origin."""
+    sc = await make_sidecar(policy(upstream), {"GEMINI_API_KEY": "k"})
+    port = sc.sidecar.admin_port
+    origin = f"http://evil.example:{port}"
+    answer = await raw_admin(port, f"POST /breakers/gemini/open HTTP/1.1\nHost: evil.example:{port}\n"
+                                   f"Origin: {origin}\n")
+    assert answer.startswith(b"HTTP/1.1 403") and b"bad_host" in answer, answer[:200]
+    assert sc.runtime.breakers["gemini"].state == "closed"
+    for host in (f"localhost:{port}", f"[::1]:{port}", f"127.0.0.2:{port}"):
+        answer = await raw_admin(port, f"POST /breakers/gemini/reset HTTP/1.1\nHost: {host}\n")
+        assert answer.startswith(b"HTTP/1.1 200"), (host, answer[:200])
+
+
+async def test_a_reload_to_an_open_admin_without_a_token_is_refused(upstream, tmp_path, client):
+    file = tmp_path / "policy.yaml"
+    base = f"listen: 127.0.0.1:0\nshutdown_grace: 1s\nupstreams:\n  gemini: {{url: 'http://127.0.0.1:{upstream.port}'}}\n"
+    file.write_text("admin: 127.0.0.1:0\n" + base)
+    sidecar = Sidecar(load_policy(file, {}), loader=lambda: load_policy(file, {}))
+    await sidecar.start()
+    try:
+        file.write_text("admin: 0.0.0.0:9901\n" + base)
+        async with client.post(f"http://127.0.0.1:{sidecar.admin_port}/reload") as resp:
+            body = await resp.json()
+        assert resp.status == 400 and not body["applied"]
+        assert body["problems"] == [f"{file}:1: admin: 0.0.0.0:9901 is reachable beyond this host: set admin.token "
+                                    "(mutating endpoints then need it) or listen on a loopback address"]
+    finally:
+        await sidecar.stop()
+
+
+async def test_a_reload_that_drops_the_token_of_an_open_admin_is_refused(upstream, tmp_path, client):
+    """The new file says loopback, but the port stays bound beyond loopback until a restart: keep the token."""
+    file = tmp_path / "policy.yaml"
+    base = f"listen: 127.0.0.1:0\nshutdown_grace: 1s\nupstreams:\n  gemini: {{url: 'http://127.0.0.1:{upstream.port}'}}\n"
+    file.write_text("admin: {listen: 0.0.0.0:0, token: admintoken}\n" + base)
+    sidecar = Sidecar(load_policy(file, {}), loader=lambda: load_policy(file, {}))
+    await sidecar.start()
+    admin = f"http://127.0.0.1:{sidecar.admin_port}"
+    auth = {"Authorization": "Bearer admintoken"}
+    try:
+        file.write_text("admin: 127.0.0.1:0\n" + base)
+        async with client.post(admin + "/reload", headers=auth) as resp:
+            body = await resp.json()
+        assert resp.status == 400 and "stays bound to 0.0.0.0:0" in body["problems"][0], body
+        async with client.post(admin + "/breakers/gemini/open") as resp:
+            assert resp.status == 401  # the token still guards it
+    finally:
+        await sidecar.stop()
 
 
 async def test_admin_port_in_use_is_a_policy_error_naming_the_line(upstream):
     import socket
-
-    import pytest
-
-    from proxy.policy import PolicyError
 
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))

@@ -112,6 +112,29 @@ async def test_two_callers_credentials_never_share_an_entry(upstream, make_sidec
     ]
 
 
+@pytest.mark.parametrize(
+    "header", ["X-Api-Key", "x-goog-api-key", "Proxy-Authorization", "X-Auth-Token", "X-Amz-Security-Token"]
+)
+async def test_common_api_key_headers_are_credentials_by_default(upstream, make_sidecar, client, header):
+    upstream.default = numbered()
+    sc = await make_sidecar(policy(upstream))
+    url = sc.url + "/supabase/rest/v1/bot_profiles"
+    replies = [await call(client, url, headers=h) for h in ({header: "key-a"}, {header: "key-b"}, {header: "key-a"})]
+    assert [(r[2], state(r)) for r in replies] == [(b"1", "MISS"), (b"2", "MISS"), (b"1", "HIT")]
+
+
+async def test_the_policy_names_more_credential_headers(upstream, make_sidecar, client):
+    upstream.default = numbered()
+    sc = await make_sidecar(policy(upstream, settings="credential_headers: [X-Tenant-Key]"))
+    url = sc.url + "/supabase/rest/v1/bot_profiles"
+    headers = ({"X-Tenant-Key": "a"}, {"x-tenant-key": "b"}, {"X-TENANT-KEY": "a"}, {"X-Api-Key": "c"})
+    replies = [await call(client, url, headers=h) for h in headers]
+    assert [(r[2], state(r)) for r in replies] == [(b"1", "MISS"), (b"2", "MISS"), (b"1", "HIT"), (b"3", "MISS")]
+    rendered = await (await client.get(sc.admin + "/policy")).json()
+    assert rendered["cache"]["credential_headers"][-1] == "x-tenant-key"
+    assert "x-tenant-key" in rendered["upstreams"]["supabase"]["routes"][0]["cache"]["vary"]
+
+
 async def test_the_upstreams_vary_headers_split_entries(upstream, make_sidecar, client):
     upstream.default = numbered(headers={"Vary": "Accept-Language, Accept-Encoding"})
     sc = await make_sidecar(policy(upstream))
