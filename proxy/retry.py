@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -21,7 +22,7 @@ from proxy.breaker import Breaker, Trial
 from proxy.budget import RetryBudgetWindow
 from proxy.cache.capture import read_capped
 from proxy.deadline import Deadline
-from proxy.errors import EgressError
+from proxy.errors import EgressError, Throttled
 from proxy.forward import RequestBody, classify, timed_out
 from proxy.metrics import Metrics
 from proxy.policy import IDEMPOTENT_METHODS, Route, ThrottleRule, Timeouts
@@ -86,6 +87,7 @@ class Verdict:
     reason: str  # the condition, for logs and `egress_retries_total{reason}`
     wait: float = 0.0
     why_not: str = ""
+    throttle: float | None = None  # the delay a throttled answer asked for (its Retry-After, should it be final)
 
 
 @dataclass(slots=True)
@@ -153,6 +155,8 @@ class RetryLoop:
             if not verdict.retry:
                 if verdict.why_not:
                     log.info("Not retrying %s %s %s: %s", ctx.upstream, ctx.method, ctx.route.name, verdict.why_not)
+                if verdict.throttle is not None and isinstance(outcome, Answer):
+                    return await self._throttled(outcome, verdict)
                 return outcome
             log.warning(
                 "Retrying %s %s %s attempt %d/%d in %dms (reason: %s)",
@@ -167,6 +171,16 @@ class RetryLoop:
                 if isinstance(last, Answer):
                     last.close()
                 raise
+
+    async def _throttled(self, answer: Answer, verdict: Verdict) -> Throttled:
+        """A throttled answer that cannot be waited out (its delay outlasts the deadline, the budget or the attempts)
+        is a 503 `throttled` with its Retry-After: the same answer the callers after it get from the throttle clock,
+        never the provider's own 400 or 429, which would say the caller was at fault (or nothing at all)."""
+        await answer.discard(self.ctx.deadline)
+        delay = verdict.throttle or 0.0
+        why_not = verdict.why_not or f"all {self.ctx.route.retry.attempts} attempts were made"
+        detail = f"the upstream asked for {delay:.1f}s of quiet ({answer.status}); not retried: {why_not}"
+        return Throttled(detail, upstream=self.ctx.upstream, retry_after=delay if delay > 0 else None)
 
     async def _read_small(self, answer: Answer) -> Answer | EgressError:
         """Throttle signals hide in bodies (WhatsApp's 400 + code 130429): read them, within the deadline.
@@ -203,10 +217,12 @@ class RetryLoop:
             )
             outcome.throttled = delay is not None  # for the cache's stale-if-error, should this be the answer
             if delay is not None:
-                reason = "throttled"
                 if delay > 0:
                     ctx.throttle.note(delay)
-                retry_after = delay  # rejected, not processed: replay is safe whatever the method
+                # Rejected, not processed: replay is safe whatever the method. The one limit on the wait is the
+                # request's own deadline (not backoff.max): a WhatsApp send told to wait 5 s is sent once more.
+                verdict = self._schedule("throttled", delay, throttled=True)
+                return verdict if verdict.retry else dataclasses.replace(verdict, throttle=delay)
             elif policy.on.matches_status(status):
                 reason = str(status)
                 if not ctx.idempotent:
@@ -224,14 +240,14 @@ class RetryLoop:
             next(self._waits)  # backoff's generators are primed with one next()
         return float(next(self._waits))
 
-    def _schedule(self, reason: str, retry_after: float | None) -> Verdict:
+    def _schedule(self, reason: str, retry_after: float | None, *, throttled: bool = False) -> Verdict:
         ctx = self.ctx
         policy = ctx.route.retry
         if ctx.attempts >= policy.attempts:
             return Verdict(False, reason)
         if not ctx.body.replayable:
             return Verdict(False, reason, why_not="the request body was streamed (over retry.max_body)")
-        if retry_after is not None and retry_after > policy.backoff.max:
+        if not throttled and retry_after is not None and retry_after > policy.backoff.max:
             return Verdict(False, reason, why_not=f"the upstream asked for {retry_after:.1f}s, over backoff.max")
         wait = max(backoff.full_jitter(self._next_backoff()), retry_after or 0.0)
         if wait >= ctx.deadline.remaining():

@@ -8,8 +8,11 @@ import logging
 import time
 
 import aiohttp
+import pytest
 from aiohttp import web
 
+from proxy.policy import load_policy
+from proxy.server import Sidecar
 from tests.support.upstream import FaultyUpstream, Recorded, delay, echo, free_port, hang, reset_after_body, respond
 
 FAST_BACKOFF = "backoff: {base: 10ms, max: 2s}"
@@ -329,14 +332,66 @@ async def test_a_throttled_upstream_holds_other_requests_or_fails_them_fast(upst
     upstream.default = respond(200, b"ok")
     text = policy(upstream.url).replace(FAST_BACKOFF, "backoff: {base: 10ms, max: 100ms}")
     sc = await make_sidecar(text)
-    status, _, body = await call(client, "GET", sc.url + "/gemini/x")
-    assert (status, body) == (429, b"slow down")  # 1 s is over backoff.max: returned as is
     started = time.monotonic()
+    # 1 s of quiet does not fit a 300 ms deadline: 503 throttled, the first caller as every one after it
+    status, headers, body = await call(client, "GET", sc.url + "/gemini/x", headers={"X-Egress-Timeout": "300ms"})
+    assert status == 503 and headers["X-Egress-Error"] == "throttled", body
+    assert int(headers["Retry-After"]) >= 1
     status, headers, _ = await call(client, "GET", sc.url + "/gemini/x", headers={"X-Egress-Timeout": "300ms"})
     assert status == 503 and headers["X-Egress-Error"] == "throttled"
     assert int(headers["Retry-After"]) >= 1
-    assert time.monotonic() - started < 0.2
-    assert len(upstream.requests) == 1  # failed fast without touching the upstream
+    assert time.monotonic() - started < 0.3
+    assert len(upstream.requests) == 1  # the second failed fast without touching the upstream
     status, _, _ = await call(client, "GET", sc.url + "/gemini/x")
     assert status == 200
     assert time.monotonic() - started >= 0.7  # waited out the rest of the second
+
+
+async def test_a_throttle_delay_that_fits_the_deadline_is_waited_out_even_past_backoff_max(
+    upstream, make_sidecar, client
+):
+    upstream.script(respond(400, WHATSAPP_THROTTLE), respond(200, {"messages": [{"id": "wamid.1"}]}))
+    rules = THROTTLE_RULES.replace("delay: 300ms", "delay: 600ms")
+    text = policy(upstream.url, extra=rules).replace(FAST_BACKOFF, "backoff: {base: 10ms, max: 100ms}")
+    sc = await make_sidecar(text)
+    started = time.monotonic()
+    status, headers, body = await call(client, "POST", sc.url + "/gemini/v19.0/123/messages", data=b'{"to": "1"}')
+    assert status == 200 and b"wamid.1" in body
+    assert headers["X-Egress-Attempts"] == "2"
+    assert time.monotonic() - started >= 0.55  # the provider's delay, not backoff.max
+    assert len(upstream.requests) == 2
+
+
+@pytest.mark.parametrize("why", ["deadline", "attempts"])
+async def test_a_throttle_that_cannot_be_waited_out_is_503_throttled_never_the_providers_400(
+    upstream, make_sidecar, client, why
+):
+    upstream.default = respond(400, WHATSAPP_THROTTLE)
+    rules = THROTTLE_RULES.replace("delay: 300ms", "delay: 5s" if why == "deadline" else "delay: 100ms")
+    sc = await make_sidecar(policy(upstream.url, extra=rules, attempts=3 if why == "deadline" else 1))
+    headers_in = {"X-Egress-Timeout": "1s"} if why == "deadline" else {}
+    started = time.monotonic()
+    status, headers, body = await call(
+        client, "POST", sc.url + "/gemini/v19.0/123/messages", data=b'{"to": "1"}', headers=headers_in
+    )
+    assert status == 503, body
+    assert headers["X-Egress-Error"] == "throttled"
+    assert int(headers["Retry-After"]) == (5 if why == "deadline" else 1)
+    assert b"130429" not in body  # the sidecar's answer, not the provider's: the caller is not at fault
+    assert time.monotonic() - started < 0.9  # not waited for: it could not have fitted
+    assert len(upstream.requests) == 1
+
+
+async def test_with_the_shipped_policy_a_throttled_whatsapp_send_is_delivered_exactly_once(upstream, client):
+    upstream.script(respond(400, WHATSAPP_THROTTLE), respond(200, {"messages": [{"id": "wamid.9"}]}))
+    environ = {"WHATSAPP_URL": upstream.url, "EGRESS_LISTEN": "127.0.0.1:0", "EGRESS_ADMIN": "127.0.0.1:0"}
+    sidecar = Sidecar(load_policy("config/policy.yaml", environ))
+    await sidecar.start()
+    try:
+        url = f"http://127.0.0.1:{sidecar.data_port}/whatsapp/v19.0/123/messages"
+        status, headers, body = await call(client, "POST", url, data=b'{"to": "1", "text": {"body": "hi"}}')
+    finally:
+        await sidecar.stop()
+    assert status == 200 and b"wamid.9" in body  # the shipped 5 s delay fits the shipped 30 s deadline
+    assert headers["X-Egress-Attempts"] == "2"
+    assert len(upstream.requests) == 2  # one rejected (throttled, not processed), one delivered
