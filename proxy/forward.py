@@ -28,11 +28,14 @@ SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 SIDECAR_REQUEST_HEADERS = frozenset({"host", "x-egress-timeout", "expect"})
 
 
-def open_session(upstream: Upstream) -> aiohttp.ClientSession:
-    """One pooled keep-alive session per upstream. The bulkhead bounds concurrency, so the pool doesn't."""
-    # Idle connections are dropped after 15 s, before most servers' own idle timeouts (Node 5 s aside): a POST
-    # sent on a connection the server just closed cannot be proven unsent, so it would not be retried.
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60, keepalive_timeout=15)
+def open_session(keepalive: float) -> aiohttp.ClientSession:
+    """One pooled keep-alive session. The bulkhead bounds concurrency, so the pool doesn't. A connection idle
+    longer than `keepalive` is never reused (aiohttp checks the idle time when it takes one from the pool)."""
+    connector = (
+        aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60, keepalive_timeout=keepalive)
+        if keepalive > 0
+        else aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=60, force_close=True)
+    )
     session = aiohttp.ClientSession(
         connector=connector,
         auto_decompress=False,  # bytes and Content-Encoding pass exactly as the upstream sent them
@@ -47,6 +50,43 @@ def open_session(upstream: Upstream) -> aiohttp.ClientSession:
     # (No public switch: this is the attribute aiohttp's own test client turns off; aiohttp is pinned.)
     session._retry_connection = False
     return session
+
+
+@dataclass(frozen=True, slots=True)
+class Pools:
+    """An upstream's two connection pools. A request that may be replayed takes a connection idle up to
+    `limits.keepalive`; one that may not (a WhatsApp send) only one used within `limits.keepalive_non_idempotent`:
+    a server closing an idle connection just as the request goes out would leave it neither provably unsent (to
+    retry) nor answered. Lifetime: carried over a reload while the URL and both idle bounds are unchanged."""
+
+    url: URL
+    keepalive: float
+    keepalive_non_idempotent: float
+    reusable: aiohttp.ClientSession
+    fresh: aiohttp.ClientSession
+
+    @classmethod
+    def open(cls, upstream: Upstream) -> Pools:
+        limits = upstream.limits
+        return cls(
+            upstream.url, limits.keepalive, limits.keepalive_non_idempotent,
+            open_session(limits.keepalive), open_session(limits.keepalive_non_idempotent),
+        )
+
+    def carry(self, upstream: Upstream) -> Pools:
+        """These pools for the reloaded `upstream`, or new ones if what they were opened for changed."""
+        limits = upstream.limits
+        same = (self.url, self.keepalive, self.keepalive_non_idempotent) == (
+            upstream.url, limits.keepalive, limits.keepalive_non_idempotent
+        )
+        return self if same else Pools.open(upstream)
+
+    def session_for(self, idempotent: bool) -> aiohttp.ClientSession:
+        return self.reusable if idempotent else self.fresh
+
+    async def close(self) -> None:
+        await self.reusable.close()
+        await self.fresh.close()
 
 
 class WriteWatchdog:
@@ -177,6 +217,7 @@ class Outgoing:
     url: URL
     headers: CIMultiDict[str]
     body: RequestBody
+    idempotent: bool  # may be replayed: see Pools
 
 
 def classify(exc: BaseException, upstream: str, timeouts: Timeouts) -> EgressError:
@@ -215,9 +256,9 @@ def timed_out(exc: TimeoutError, upstream: str, timeouts: Timeouts, deadline: De
 class Forwarder:
     """Sends attempts for one upstream over its pooled session."""
 
-    def __init__(self, upstream: Upstream, session: aiohttp.ClientSession) -> None:
+    def __init__(self, upstream: Upstream, pools: Pools) -> None:
         self.upstream = upstream
-        self.session = session
+        self.pools = pools
         self._base = str(upstream.url).rstrip("/")
         self._dropped = SIDECAR_REQUEST_HEADERS | {name.lower() for name, _ in upstream.headers}
         self._client_timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
@@ -263,7 +304,7 @@ class Forwarder:
     def _request(
         self, out: Outgoing, payload: bytes | AsyncIterator[bytes] | None, timeouts: Timeouts
     ) -> aiohttp.client._RequestContextManager:
-        return self.session.request(
+        return self.pools.session_for(out.idempotent).request(
             out.method,
             out.url,
             headers=out.headers,

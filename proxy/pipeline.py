@@ -253,13 +253,15 @@ class Pipeline:
         try:
             async with state.bulkhead.slot(route.timeouts.pool, deadline):
                 body = await self._read_body(request, state, route.retry.max_body, deadline)
+                idempotent = is_idempotent(request.method, route, request.headers.get(IDEMPOTENCY_KEY))
                 out = Outgoing(
                     request.method,
                     state.forwarder.url_for(ex.target.path, ex.target.query),
                     state.forwarder.headers_for(request.headers, ex.request_id),
                     body,
+                    idempotent,
                 )
-                loop = RetryLoop(self._retry_context(request, ex, state, deadline, body))
+                loop = RetryLoop(self._retry_context(request, ex, state, deadline, body, idempotent))
                 try:
                     outcome = await loop.run(lambda trial: self._attempt(state, route, out, deadline, trial))
                 finally:
@@ -295,7 +297,13 @@ class Pipeline:
             raise
 
     def _retry_context(
-        self, request: web.BaseRequest, ex: Exchange, state: UpstreamState, deadline: Deadline, body: RequestBody
+        self,
+        request: web.BaseRequest,
+        ex: Exchange,
+        state: UpstreamState,
+        deadline: Deadline,
+        body: RequestBody,
+        idempotent: bool,
     ) -> RetryContext:
         assert ex.target is not None
         route = ex.target.route
@@ -304,7 +312,7 @@ class Pipeline:
             upstream=name,
             route=route,
             method=request.method,
-            idempotent=is_idempotent(request.method, route, request.headers.get(IDEMPOTENCY_KEY)),
+            idempotent=idempotent,
             deadline=deadline,
             breaker=state.breaker_for(route),
             budget=state.budget,

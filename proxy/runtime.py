@@ -14,7 +14,7 @@ import pybreaker
 from proxy.breaker import STATE_VALUES, Breaker
 from proxy.budget import RetryBudgetWindow
 from proxy.cache import ResponseCache
-from proxy.forward import Forwarder, open_session
+from proxy.forward import Forwarder, Pools
 from proxy.limits import Bulkhead
 from proxy.metrics import Metrics
 from proxy.policy import Policy, Route, Upstream
@@ -47,7 +47,7 @@ class BreakerTelemetry(pybreaker.CircuitBreakerListener):
 
 class UpstreamState:
     """One upstream's live state. Built anew on a policy reload, carrying over from `previous` what should
-    survive it: the connection pool (same URL), breakers (by name), the bulkhead (same limits), the retry
+    survive it: the connection pools (see Pools.carry), breakers (by name), the bulkhead (same limits), the retry
     budget's window and the throttle clock."""
 
     def __init__(
@@ -59,9 +59,8 @@ class UpstreamState:
     ) -> None:
         self.upstream = upstream
         self.inflight = metrics.inflight.labels(upstream.name)
-        same_url = previous is not None and previous.upstream.url == upstream.url
-        session = previous.forwarder.session if previous is not None and same_url else open_session(upstream)
-        self.forwarder: Forwarder = Forwarder(upstream, session)
+        pools = previous.forwarder.pools.carry(upstream) if previous is not None else Pools.open(upstream)
+        self.forwarder: Forwarder = Forwarder(upstream, pools)
         self.bulkhead: Bulkhead = (
             previous.bulkhead
             if previous is not None and previous.upstream.limits == upstream.limits
@@ -115,7 +114,7 @@ class UpstreamState:
         }
 
     async def close(self) -> None:
-        await self.forwarder.session.close()
+        await self.forwarder.pools.close()
 
 
 class Runtime:
@@ -148,9 +147,9 @@ class Runtime:
 
     async def retire(self, successor: Runtime) -> None:
         """Close what the successor did not take over (pools of removed or re-pointed upstreams, an old cache)."""
-        kept = {id(state.forwarder.session) for state in successor.upstreams.values()}
+        kept = {id(state.forwarder.pools) for state in successor.upstreams.values()}
         for state in self.upstreams.values():
-            if id(state.forwarder.session) not in kept:
+            if id(state.forwarder.pools) not in kept:
                 await state.close()
         if successor.cache is not self.cache:
             await self.cache.close()

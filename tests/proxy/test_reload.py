@@ -80,12 +80,12 @@ async def test_breakers_and_pools_survive_a_reload(upstream, reloadable, client)
     for _ in range(2):
         async with client.get(r.url + "/gemini/x") as resp:
             assert resp.status == 500
-    session_before = r.sidecar.runtime.upstreams["gemini"].forwarder.session  # type: ignore[union-attr]
+    session_before = r.sidecar.runtime.upstreams["gemini"].forwarder.pools  # type: ignore[union-attr]
     r.text = policy(upstream.url, "2")
     assert (await r.sidecar.reload()).applied
     async with client.get(r.url + "/gemini/x") as resp:
         assert resp.status == 503 and resp.headers["X-Egress-Error"] == "circuit_open"
-    assert r.sidecar.runtime.upstreams["gemini"].forwarder.session is session_before  # type: ignore[union-attr]
+    assert r.sidecar.runtime.upstreams["gemini"].forwarder.pools is session_before  # type: ignore[union-attr]
     async with client.get(r.admin + "/metrics") as resp:
         text = await resp.text()
     assert 'egress_requests_total{code="500",method="GET",route="default",upstream="gemini"} 2.0' in text
@@ -126,7 +126,7 @@ upstreams:
   supabase:
     url: {second.url}
 """
-    old_session = r.sidecar.runtime.upstreams["gemini"].forwarder.session  # type: ignore[union-attr]
+    old_session = r.sidecar.runtime.upstreams["gemini"].forwarder.pools  # type: ignore[union-attr]
     assert (await r.sidecar.reload()).applied
     async with client.get(r.url + "/supabase/x") as resp:
         assert await resp.read() == b"second"
@@ -251,7 +251,7 @@ async def test_a_breaker_the_policy_dropped_is_no_longer_exported(make_upstream,
 async def test_stop_closes_the_pools_of_a_runtime_still_to_be_retired(make_upstream, reloadable):
     a, b = await make_upstream(), await make_upstream()
     r = await start(reloadable, "shutdown_grace: 30s\n" + policy(a.url, "v1"))
-    old_session = r.runtime.upstreams["gemini"].forwarder.session
+    old_session = r.runtime.upstreams["gemini"].forwarder.pools
     r.text = "shutdown_grace: 30s\n" + policy(b.url, "v1")  # re-pointed: its old pool retires in 30 s
     assert (await r.sidecar.reload()).applied
     await r.sidecar.stop()
