@@ -84,6 +84,10 @@ class Pools:
     def session_for(self, idempotent: bool) -> aiohttp.ClientSession:
         return self.reusable if idempotent else self.fresh
 
+    @property
+    def closed(self) -> bool:
+        return self.reusable.closed and self.fresh.closed
+
     async def close(self) -> None:
         await self.reusable.close()
         await self.fresh.close()

@@ -126,14 +126,14 @@ upstreams:
   supabase:
     url: {second.url}
 """
-    old_session = r.sidecar.runtime.upstreams["gemini"].forwarder.pools  # type: ignore[union-attr]
+    old_pools = r.sidecar.runtime.upstreams["gemini"].forwarder.pools  # type: ignore[union-attr]
     assert (await r.sidecar.reload()).applied
     async with client.get(r.url + "/supabase/x") as resp:
         assert await resp.read() == b"second"
     async with client.get(r.url + "/gemini/x") as resp:
         assert resp.status == 404
     await asyncio.sleep(0.3)
-    assert old_session.closed  # the dropped upstream's pool is closed after the grace period
+    assert old_pools.closed  # the dropped upstream's pools are closed after the grace period
 
 
 def _wait_ready(admin: str) -> None:
@@ -251,11 +251,11 @@ async def test_a_breaker_the_policy_dropped_is_no_longer_exported(make_upstream,
 async def test_stop_closes_the_pools_of_a_runtime_still_to_be_retired(make_upstream, reloadable):
     a, b = await make_upstream(), await make_upstream()
     r = await start(reloadable, "shutdown_grace: 30s\n" + policy(a.url, "v1"))
-    old_session = r.runtime.upstreams["gemini"].forwarder.pools
+    old_pools = r.runtime.upstreams["gemini"].forwarder.pools
     r.text = "shutdown_grace: 30s\n" + policy(b.url, "v1")  # re-pointed: its old pool retires in 30 s
     assert (await r.sidecar.reload()).applied
     await r.sidecar.stop()
-    assert old_session.closed
+    assert old_pools.closed
 
 
 async def raw_get(port: int, path: str) -> bytes:
