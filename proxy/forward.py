@@ -17,7 +17,15 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.deadline import Deadline
-from proxy.errors import BadRequest, BodyTooLarge, EgressError, UpstreamConnectError, UpstreamReset, UpstreamTimeout
+from proxy.errors import (
+    BadRequest,
+    BodyTooLarge,
+    EgressError,
+    UpstreamBadResponse,
+    UpstreamConnectError,
+    UpstreamReset,
+    UpstreamTimeout,
+)
 from proxy.headers import REQUEST_ID, end_to_end
 from proxy.policy import Timeouts, Upstream
 
@@ -241,8 +249,8 @@ def classify(exc: BaseException, upstream: str, timeouts: Timeouts) -> EgressErr
         return UpstreamReset("the upstream closed the connection before answering", upstream=upstream)
     if isinstance(exc, aiohttp.ClientPayloadError):
         return UpstreamReset(f"the response body was cut short: {exc}", upstream=upstream)
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return UpstreamReset(f"malformed response from the upstream: {exc.message}", upstream=upstream)
+    if isinstance(exc, aiohttp.ClientResponseError):  # its head did not parse (status line, a header, the bounds)
+        return UpstreamBadResponse(f"malformed response from the upstream: {exc.message[:200]}", upstream=upstream)
     if isinstance(exc, (aiohttp.ClientOSError, ConnectionError, OSError)):
         return UpstreamReset(f"connection lost: {exc}", upstream=upstream)
     if isinstance(exc, aiohttp.ClientError):
@@ -295,15 +303,21 @@ class Forwarder:
         try:
             async with asyncio.timeout(remaining):
                 if isinstance(payload, bytes) or payload is None:
-                    return await self._request(out, payload, timeouts)
-                async with watchdog.watching():
-                    return await self._request(out, payload, timeouts)
+                    response = await self._request(out, payload, timeouts)
+                else:
+                    async with watchdog.watching():
+                        response = await self._request(out, payload, timeouts)
         except TimeoutError as exc:
             if watchdog.fired and not isinstance(exc, aiohttp.ServerTimeoutError):
                 raise UpstreamTimeout("write", timeouts.write, upstream=self.upstream.name) from exc
             raise timed_out(exc, self.upstream.name, timeouts, deadline) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise classify(exc, self.upstream.name, timeouts) from exc
+        if response.status == 101:  # nobody asked (Upgrade is hop-by-hop: never forwarded), and nothing is tunnelled
+            response.close()
+            raise UpstreamBadResponse("the upstream switched protocols (101): the sidecar does not tunnel",
+                                      upstream=self.upstream.name)
+        return response
 
     def _request(
         self, out: Outgoing, payload: bytes | AsyncIterator[bytes] | None, timeouts: Timeouts

@@ -198,7 +198,7 @@ class Pipeline:
     ) -> tuple[bytes | None, bytes]:
         """(body to store, b"") when it fits in cache.max_body; else (None, what was read of it: to send first).
 
-        Like streaming, a body of known length must arrive within the deadline; a chunked one within `read`.
+        What is captured (at most cache.max_body) must arrive within the deadline.
         """
         assert ex.target is not None
         if request.method == "HEAD":
@@ -211,7 +211,9 @@ class Pipeline:
         length = answer.response.content_length
         if length is not None and length > limit:
             return None, b""
-        within = max(deadline.remaining(), 0.001) if length is not None else None
+        # Within the deadline, a chunked body too: aiohttp's own `read` timer is not always there to end it (see
+        # respond._pipe_stream), and what is captured is small (cache.max_body).
+        within = max(deadline.remaining(), 0.001)
         data, complete = await answer.read_up_to(
             limit, within, ex.target.upstream.name, ex.target.route.timeouts, deadline
         )
@@ -356,7 +358,8 @@ class Pipeline:
         ex.status = answer.status
         try:
             response, delivery = await send_answer(
-                request, answer, ex.reply_headers(), max(deadline.remaining(), 0.001), prefix or answer.prefix
+                request, answer, ex.reply_headers(), max(deadline.remaining(), 0.001), prefix or answer.prefix,
+                ex.target.route.timeouts.read if ex.target is not None else None,
             )
         finally:
             answer.response.close()  # a no-op once released to the pool; frees it on any early exit

@@ -95,12 +95,14 @@ async def send_answer(
     extra: Mapping[str, str],
     remaining: float | None = None,
     prefix: bytes = b"",
+    idle: float | None = None,
 ) -> tuple[web.StreamResponse, Delivery]:
     """Stream the upstream's response through as it arrives (SSE chunks are not held back).
 
     A body of known length must arrive within the request's `remaining` time (the `total` timeout);
-    a streamed one (chunked, SSE) is bounded only by the gap between bytes (`read`). `prefix` is the start
-    of the body the sidecar already read (the cache looked, found it too large, and let it go): it goes first.
+    a streamed one (chunked, SSE) is bounded only by the gap between bytes (`idle`: the `read` timeout).
+    `prefix` is the start of the body the sidecar already read (the cache looked, found it too large, and let it
+    go): it goes first.
     """
     out = _response_head(answer, extra, request.method)
     delivery = Delivery()
@@ -116,10 +118,12 @@ async def send_answer(
                 await out.write(prefix)
                 delivery.sent = len(prefix)
             try:
-                if upstream.content_length is None or upstream.content.is_eof():
-                    # A stream (bounded by `read` alone), or a body that arrived whole with its headers (nothing
-                    # left to wait for): no deadline timer, which would cost more than a small body's copy.
+                if upstream.content.is_eof():
+                    # A body that arrived whole with its headers (nothing left to wait for): no timer, which
+                    # would cost more than a small body's copy.
                     await _pipe(upstream, out, delivery)
+                elif upstream.content_length is None:
+                    await _pipe_stream(upstream, out, delivery, idle)
                 else:
                     async with asyncio.timeout(remaining):
                         await _pipe(upstream, out, delivery)
@@ -146,6 +150,21 @@ async def _pipe(upstream: aiohttp.ClientResponse, out: web.StreamResponse, deliv
     async for chunk in upstream.content.iter_any():
         await out.write(chunk)
         delivery.sent += len(chunk)
+
+
+async def _pipe_stream(
+    upstream: aiohttp.ClientResponse, out: web.StreamResponse, delivery: Delivery, idle: float | None
+) -> None:
+    """A stream, bounded by the gap between chunks. aiohttp's own `sock_read` is not enough: when a chunked body
+    fails to parse mid-way (a chunk size of 20 hex digits), aiohttp 3.14 drops that timer and never wakes the
+    reader, which would hold the request (and its bulkhead slot) forever. One timer, moved on at each chunk."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(None if idle is None else loop.time() + idle) as timer:
+        async for chunk in upstream.content.iter_any():
+            await out.write(chunk)
+            delivery.sent += len(chunk)
+            if idle is not None:
+                timer.reschedule(loop.time() + idle)
 
 
 def _abort(request: web.BaseRequest, out: web.StreamResponse, message: str) -> None:

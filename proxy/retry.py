@@ -116,6 +116,8 @@ def breaker_failure(outcome: Outcome, route: Route) -> str | None:
     """The outcome as the breaker's `count` sees it: a counted failure's name, or None (healthy)."""
     count = route.breaker.count
     if isinstance(outcome, EgressError):
+        if outcome.counts_as is not None:
+            return str(outcome.counts_as) if count.matches_status(outcome.counts_as) else None
         return outcome.outcome if outcome.outcome and count.matches(outcome.outcome) else None
     return str(outcome.status) if count.matches_status(outcome.status) else None
 

@@ -30,7 +30,16 @@ from multidict import CIMultiDictProxy
 from proxy.cache.entry import Entry
 from proxy.cache.flight import Flight, SingleFlight
 from proxy.cache.keys import KeyMaker, RequestKey, header_values, key_secret
-from proxy.cache.rules import CACHEABLE_METHODS, WRITE_METHODS, Mode, extra_vary, refusal, request_mode, stored_headers
+from proxy.cache.rules import (
+    CACHEABLE_METHODS,
+    RANGE_HEADERS,
+    WRITE_METHODS,
+    Mode,
+    extra_vary,
+    refusal,
+    request_mode,
+    stored_headers,
+)
 from proxy.cache.store import Store, open_store
 from proxy.deadline import Deadline
 from proxy.errors import EgressError, Throttled, UpstreamTimeout
@@ -141,7 +150,7 @@ class ResponseCache:
         while this cache carries over)."""
         route = target.route
         if route.cache is not None and self.may_answer(route, method):  # (`is not None` again, for the type)
-            identity = header_values(headers, route.cache.vary)
+            identity = header_values(headers, (*route.cache.vary, *RANGE_HEADERS))
             key = self.keys.request(
                 target.upstream.name, route.name, method, target.path, target.query, identity, self._origin(target)
             )
@@ -269,7 +278,7 @@ class ResponseCache:
     def storable(self, lookup: Lookup, status: int, headers: CIMultiDictProxy[str]) -> bool:
         if lookup.plan.mode is Mode.BYPASS:
             return False
-        refused = refusal(lookup.plan.rule, status, headers)
+        refused = refusal(lookup.plan.rule, status, headers, ranged="Range" in lookup.plan.headers)
         if refused is not None:
             log.debug("Cache not storing %s: %s", lookup.plan, refused)
         return refused is None

@@ -18,6 +18,9 @@ CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 # Recomputed or meaningless when replayed from the cache.
 NOT_STORED_HEADERS = frozenset({"age", "set-cookie"})
+# Part of every key: a ranged request and a full one are different requests (a 206 is a part of the body), so a
+# stored part is only ever served to the same range (RFC 9111 §3.3 would combine parts; this cache does not).
+RANGE_HEADERS = ("range", "if-range")
 
 
 class Mode(Enum):
@@ -46,10 +49,12 @@ def request_mode(headers: CIMultiDictProxy[str]) -> Mode:
     return Mode.LOOKUP
 
 
-def refusal(rule: RouteCache, status: int, headers: CIMultiDictProxy[str]) -> str | None:
-    """Why this upstream answer must not be stored, or None when it may be."""
+def refusal(rule: RouteCache, status: int, headers: CIMultiDictProxy[str], ranged: bool = False) -> str | None:
+    """Why this upstream answer must not be stored, or None when it may be. `ranged`: the request had a Range."""
     if status not in rule.statuses:
         return f"status {status}"
+    if status == 206 and not ranged:
+        return "a 206 to a request without Range"  # an upstream that lies: never a whole answer
     if "*" in vary_names(headers):
         return "Vary: *"
     if rule.override:

@@ -319,3 +319,49 @@ class SilentListener:
 
 async def chunks_of(stream: AsyncIterator[bytes]) -> list[bytes]:
     return [chunk async for chunk in stream]
+
+
+RawAnswer = Callable[[asyncio.StreamWriter], Awaitable[None]]
+
+
+class RawUpstream:
+    """An upstream below aiohttp: it reads each request's head (and a Content-Length body) and answers with bytes
+    of the test's choosing, malformed or lying as need be. `answer` writes them; the connection then closes."""
+
+    def __init__(self, answer: bytes | RawAnswer) -> None:
+        self._answer = answer
+        self.requests = 0
+        self.written = 0  # bytes the answers managed to hand to the socket (for backpressure checks)
+        self._server: asyncio.Server | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> RawUpstream:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+        return self
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), 0)
+            await reader.readexactly(length)
+            self.requests += 1
+            if isinstance(self._answer, bytes):
+                writer.write(self._answer)
+                await writer.drain()
+            else:
+                await self._answer(writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
