@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import yaml
 from yarl import URL
 
+from proxy.policy.glob import Glob
 from proxy.policy.model import (
     CACHE_KEY_SECRET_ENV,
     CREDENTIAL_HEADERS,
@@ -444,17 +445,9 @@ def _match(node: Located) -> tuple[str | None, str]:
     return (None if method == "ANY" else method), glob
 
 
-def compile_glob(glob: str) -> re.Pattern[str]:
-    """`*` matches within one path segment, `**` across segments."""
-    out = []
-    for token in re.split(r"(\*\*|\*)", glob):
-        if token == "**":
-            out.append(".*")
-        elif token == "*":
-            out.append("[^/]*")
-        else:
-            out.append(re.escape(token))
-    return re.compile("".join(out))
+def compile_glob(glob: str) -> Glob:
+    """`*` matches within one path segment, `**` across segments (see `Glob`: never a backtracking regex)."""
+    return Glob(glob)
 
 
 def _make_route(
