@@ -118,7 +118,9 @@ class Located:
         self.ctx.problems.append(Problem(self.ctx.file, line, self.path, message))
 
     def child_path(self, key: str) -> str:
-        key = shown(key)[1:-1] if "@" in key or "?" in key or len(key) > MAX_SHOWN else key
+        # A key is quoted in every message below it: redacted, cut short and on one line like any other value.
+        odd = not key or key != key.strip() or not key.isprintable() or len(key) > MAX_SHOWN
+        key = shown(key) if odd or "@" in key or "?" in key else key
         return f"{self.path}.{key}" if self.path else key
 
     # -- structure ----------------------------------------------------------------------------------
@@ -337,8 +339,13 @@ def compose(text: str, ctx: Context) -> Located | None:
         line = int(mark.line) + 1 if mark is not None else 0
         ctx.problems.append(Problem(ctx.file, line, "", f"invalid YAML: {exc.problem}"))
         return None
+    except yaml.reader.ReaderError as exc:  # a control character: its line, and one line of message
+        line = text[: exc.position].count("\n") + 1
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        ctx.problems.append(Problem(ctx.file, line, "", f"invalid YAML: character #x{code:04x} is not allowed"))
+        return None
     except yaml.YAMLError as exc:
-        ctx.problems.append(Problem(ctx.file, 0, "", f"invalid YAML: {exc}"))
+        ctx.problems.append(Problem(ctx.file, 0, "", f"invalid YAML: {str(exc).splitlines()[0]}"))
         return None
     except RecursionError:  # PyYAML's composer recurses once per nesting level
         ctx.problems.append(Problem(ctx.file, 0, "", "invalid YAML: nested too deeply"))
