@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import yaml
 from yarl import URL
 
+from proxy.policy.glob import Glob
 from proxy.policy.model import (
     CACHE_KEY_SECRET_ENV,
     CREDENTIAL_HEADERS,
@@ -37,7 +38,18 @@ from proxy.policy.model import (
     Timeouts,
     Upstream,
 )
-from proxy.policy.source import Context, Invalid, Located, PolicyError, Problem, compose, default_environ
+from proxy.policy.source import (
+    MAX_POLICY_BYTES,
+    Context,
+    Invalid,
+    Located,
+    PolicyError,
+    Problem,
+    compose,
+    default_environ,
+    shown,
+    too_large,
+)
 
 D = TypeVar("D")
 T = TypeVar("T")
@@ -97,11 +109,11 @@ def _conditions(node: Located, _: Any) -> Conditions:
             names.add(raw)
         elif re.fullmatch(r"[1-5]xx", raw):
             classes.add(int(raw[0]))
-        elif raw.isdigit() and 100 <= int(raw) <= 599:
+        elif re.fullmatch(r"[1-5][0-9][0-9]", raw):  # ASCII: '²'.isdigit() is true and int('²') fails
             statuses.add(int(raw))
         else:
             expected = ", ".join(sorted(OUTCOME_CONDITIONS))
-            item.report(f"expected {expected}, a status like 503 or a class like 5xx, got {raw!r}")
+            item.report(f"expected {expected}, a status like 503 or a class like 5xx, got {shown(raw)}")
     return Conditions(frozenset(names), frozenset(statuses), frozenset(classes))
 
 
@@ -215,11 +227,16 @@ def load_policy(path: str | Path, environ: Mapping[str, str] | None = None) -> P
     """Read and validate a policy file; raise `PolicyError` listing every problem."""
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        with Path(path).open("rb") as handle:  # at most one byte past the bound: a huge file is never read whole
+            data = handle.read(MAX_POLICY_BYTES + 1)
+        if len(data) > MAX_POLICY_BYTES:
+            size = Path(path).stat().st_size
+            raise PolicyError([Problem(file, 0, "", too_large(max(size, len(data)), "bytes"))])
+        text = data.decode("utf-8")
     except OSError as exc:
         raise PolicyError([Problem(file, 0, "", f"cannot read the policy file: {exc.strerror}")]) from None
     except UnicodeDecodeError as exc:
-        line = Path(path).read_bytes()[: exc.start].count(b"\n") + 1
+        line = data[: exc.start].count(b"\n") + 1
         raise PolicyError([Problem(file, line, "", f"the policy file is not UTF-8 (byte {exc.start})")]) from None
     return parse_policy(text, file, environ)
 
@@ -322,12 +339,12 @@ def _address(node: Located | None, default: Address) -> Address | None:
 
     def read(n: Located) -> Address:
         raw = n.text().strip()
-        match = re.fullmatch(r"\[?([^\[\]]*?)\]?:(\d+)", raw)
+        match = re.fullmatch(r"\[?([^\[\]]*?)\]?:([0-9]+)", raw)
         if not match or not match.group(1):
-            raise Invalid(f"expected host:port like '127.0.0.1:8081', got {raw!r}")
+            raise Invalid(f"expected host:port like '127.0.0.1:8081', got {shown(raw)}")
+        if len(match.group(2)) > 5 or int(match.group(2)) > 65535:  # int() of 5,000 digits raises
+            raise Invalid(f"expected a port from 0 to 65535, got {shown(match.group(2))[1:-1]}")
         port = int(match.group(2))
-        if port > 65535:
-            raise Invalid(f"expected a port from 0 to 65535, got {port}")
         return Address(match.group(1), port, n.line)
 
     return node.read(read)
@@ -386,15 +403,24 @@ def _upstream(name: str, node: Located, defaults: Inherited) -> Upstream | None:
 
 
 def _url(node: Located) -> URL:
+    """Every message quotes the URL through `shown`: a password in it never reaches `check` or `/reload`'s body."""
     raw = node.text().strip()
     try:
         url = URL(raw)
+        url.port  # noqa: B018  (yarl checks the port lazily: 'h:99999' would fail on the first request)
     except (ValueError, TypeError):
-        raise Invalid(f"expected an http(s) URL, got {raw!r}") from None
+        raise Invalid(f"expected an http(s) URL, got {shown(raw)}") from None
     if url.scheme not in ("http", "https") or not url.host:
-        raise Invalid(f"expected an http(s) URL like 'https://api.example.com', got {raw!r}")
+        raise Invalid(f"expected an http(s) URL like 'https://api.example.com', got {shown(raw)}")
+    if url.raw_user is not None or url.raw_password is not None:
+        # aiohttp turns URL userinfo into an Authorization header and refuses a request that also carries the
+        # caller's own (a 500 for every such call); a header from the policy is explicit and never logged.
+        raise Invalid(
+            f"the URL must not carry credentials (user:password@), got {shown(raw)}: inject them with the "
+            "upstream's headers instead, e.g. headers: {Authorization: \"Basic ${UPSTREAM_BASIC_AUTH}\"}"
+        )
     if url.query_string or url.fragment:
-        raise Invalid(f"the base URL must not carry a query or fragment, got {raw!r}")
+        raise Invalid(f"the base URL must not carry a query or fragment, got {shown(raw)}")
     return url
 
 
@@ -402,7 +428,7 @@ def _headers(node: Located) -> tuple[tuple[str, str], ...]:
     pairs = []
     for key, child in node.mapping().items():
         if not _HEADER_NAME.match(key):
-            child.report(f"not a valid header name: {key!r}")
+            child.report(f"not a valid header name: {shown(key)}")
             continue
         value = child.read(lambda n: n.text())
         if value is not None and ("\r" in value or "\n" in value):
@@ -499,7 +525,7 @@ def _refuse_key(node: Located | None, key: str, why: str) -> None:
 def _route_name(node: Located) -> str:
     name = node.text()
     if not _ROUTE_NAME.match(name) or name == "default":
-        raise Invalid(f"expected a route name of letters, digits, '_', '-', '.' (not 'default'), got {name!r}")
+        raise Invalid(f"expected a route name of letters, digits, '_', '-', '.' (not 'default'), got {shown(name)}")
     return name
 
 
@@ -509,26 +535,18 @@ def _match(node: Located) -> tuple[str | None, str]:
     if len(parts) == 1:
         parts = ["ANY", parts[0]]
     if len(parts) != 2:
-        raise Invalid(f"expected 'METHOD /path/glob' like 'POST /v19.0/*/messages', got {raw!r}")
+        raise Invalid(f"expected 'METHOD /path/glob' like 'POST /v19.0/*/messages', got {shown(raw)}")
     method, glob = parts[0].upper(), parts[1]
     if method != "ANY" and method not in HTTP_METHODS:
-        raise Invalid(f"expected an HTTP method or ANY, got {parts[0]!r}")
+        raise Invalid(f"expected an HTTP method or ANY, got {shown(parts[0])}")
     if not glob.startswith("/"):
-        raise Invalid(f"the path glob must start with '/', got {glob!r}")
+        raise Invalid(f"the path glob must start with '/', got {shown(glob)}")
     return (None if method == "ANY" else method), glob
 
 
-def compile_glob(glob: str) -> re.Pattern[str]:
-    """`*` matches within one path segment, `**` across segments."""
-    out = []
-    for token in re.split(r"(\*\*|\*)", glob):
-        if token == "**":
-            out.append(".*")
-        elif token == "*":
-            out.append("[^/]*")
-        else:
-            out.append(re.escape(token))
-    return re.compile("".join(out))
+def compile_glob(glob: str) -> Glob:
+    """`*` matches within one path segment, `**` across segments (see `Glob`: never a backtracking regex)."""
+    return Glob(glob)
 
 
 def _make_route(
@@ -587,10 +605,21 @@ def _redis_url(node: Located) -> str:
         url = URL(raw)
         url.port  # noqa: B018  (yarl checks the port lazily)
     except (ValueError, TypeError) as exc:
-        raise Invalid(f"expected a redis URL like 'redis://127.0.0.1:6379/0', got {raw!r}: {exc}") from None
+        # yarl's reason may quote a piece of the URL: shown, like the URL, so no password reaches the message.
+        raise Invalid(f"expected a redis URL like 'redis://127.0.0.1:6379/0', got {shown(raw)}: "
+                      f"{_without(str(exc), raw)}") from None
     if url.scheme not in ("redis", "rediss") or not url.host:
-        raise Invalid(f"expected a redis URL like 'redis://127.0.0.1:6379/0', got {raw!r}")
+        raise Invalid(f"expected a redis URL like 'redis://127.0.0.1:6379/0', got {shown(raw)}")
     return raw
+
+
+def _without(reason: str, raw: str) -> str:
+    """`reason` with any credential in `raw` (the userinfo, the query) taken out."""
+    userinfo = raw.partition("://")[2].rpartition("@")[0]
+    secrets = [userinfo, *userinfo.split(":"), raw.partition("?")[2]]
+    for secret in sorted((s for s in secrets if s), key=len, reverse=True):
+        reason = reason.replace(secret, "<redacted>")
+    return shown(reason)[1:-1]
 
 
 def _cache_settings(node: Located | None) -> CacheSettings:

@@ -6,12 +6,13 @@ Nothing downstream reads raw YAML: a stage asks `route.timeouts.read`, never a d
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
 from yarl import URL
+
+from proxy.policy.glob import Glob
 
 # Retry / breaker conditions an attempt can end with (besides HTTP statuses and `5xx`/`4xx` classes).
 OUTCOME_CONDITIONS = frozenset({"connect_error", "reset", "timeout"})
@@ -188,7 +189,7 @@ class Route:
     name: str
     method: str | None  # None: any method
     glob: str
-    pattern: re.Pattern[str] = field(compare=False, repr=False)
+    pattern: Glob = field(compare=False, repr=False)  # linear in the path, whatever the glob
     timeouts: Timeouts
     retry: RetryPolicy
     breaker: BreakerPolicy
@@ -197,7 +198,7 @@ class Route:
     cache: RouteCache | None = None
 
     def matches(self, method: str, path: str) -> bool:
-        return (self.method is None or self.method == method) and self.pattern.fullmatch(path) is not None
+        return (self.method is None or self.method == method) and self.pattern.fullmatch(path)
 
 
 @dataclass(frozen=True, slots=True)

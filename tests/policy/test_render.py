@@ -33,7 +33,8 @@ upstreams:
     url: https://generativelanguage.googleapis.com
     headers: {x-goog-api-key: "${G_KEY}", authorization: "${BEARER}"}
   private:
-    url: "https://${URL_USER}:${URL_PASS}@private.example/base"
+    url: "https://private.example/base"
+    headers: {authorization: "Basic ${URL_USER}:${URL_PASS}"}
 """
 
 
@@ -52,7 +53,7 @@ def test_what_is_redacted_still_shows_where_it_is():
     rendered = effective_policy(load(WITH_SECRETS, SECRETS))
     gemini = rendered["upstreams"]["gemini"]
     assert gemini["headers"] == {"x-goog-api-key": REDACTED, "authorization": REDACTED}
-    assert rendered["upstreams"]["private"]["url"] == f"https://{REDACTED}@private.example/base"
+    assert rendered["upstreams"]["private"]["headers"] == {"authorization": REDACTED}
     assert rendered["admin"] == {"listen": "127.0.0.1:9911", "token": REDACTED}
     assert rendered["cache"]["redis_url"] == (
         f"redis://{REDACTED}@cache.local:6379/0?key={REDACTED}&access_token={REDACTED}&db=2"
