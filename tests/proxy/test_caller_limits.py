@@ -238,3 +238,23 @@ async def test_the_sidecar_answers_normally_under_the_default_limits(upstream, m
     with pytest.raises(aiohttp.ClientResponseError):
         async with client.get(sc.url + "/api/x", headers={"X-Some": "v" * 70_000}) as resp:
             resp.raise_for_status()
+
+
+async def test_a_crafted_path_against_a_pathological_glob_stalls_nobody(upstream, make_sidecar, client):
+    upstream.default = respond(200, b"ok")
+    sc = await make_sidecar(f"""
+    upstreams:
+      api:
+        url: {upstream.url}
+        retry: {{attempts: 1}}
+        routes:
+          - {{name: nested, match: "GET /**/a/**/b/**/c"}}
+    """)
+    crafted = "/api" + "/a/b" * 1950 + "/x"  # 7.8 KB: a backtracking matcher tries ~n^3 splits, then fails
+    started = time.monotonic()
+    async with client.get(sc.url + crafted) as resp:
+        assert resp.status == 200  # no route matched it: the upstream's default route answers
+        assert resp.headers["X-Egress-Attempts"] == "1"
+    async with client.get(sc.url + "/api/q/a/r/b/s/c") as resp:
+        assert resp.status == 200
+    assert time.monotonic() - started < 1.0  # it was 7.6 s of a frozen event loop
