@@ -21,6 +21,7 @@ import yaml
 from aiohttp import web
 
 from inbox_backend.app import create_app
+from inbox_backend.serving import ConnectionLimits, GuardedRunner
 from inbox_backend.settings import Settings, Upstream
 from inbox_backend.simulator import Simulator, SimulatorConfig, run_simulator
 from inbox_backend.state import APP, AppState
@@ -108,7 +109,7 @@ def backend_settings(urls: Mapping[Upstream, str], sidecar: RunningSidecar | Non
 @asynccontextmanager
 async def serve_backend(settings: Settings) -> AsyncIterator[tuple[str, AppState]]:
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+    runner = GuardedRunner(app, ConnectionLimits.of(settings), access_log=None, shutdown_timeout=1)
     await runner.setup()
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0)
