@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,11 +12,23 @@ from multidict import MultiMapping
 from inbox_backend import bounded_json
 from inbox_backend.auth import User, bearer_token, fetch_user
 from inbox_backend.errors import ApiError
-from inbox_backend.state import clients
+from inbox_backend.state import app_state, clients
 
 
 def invalid(detail: str) -> ApiError:
     return ApiError(400, "invalid_request", detail=detail)
+
+
+async def read_body(request: web.Request) -> bytes:
+    """The whole body: at most the app's client_max_size (413), within the body timeout (408). The header
+    timeout (serving.py) ends where the handler starts: without this, a body trickled a byte at a time would
+    hold the request, and its connection, for as long as the caller likes."""
+    try:
+        async with asyncio.timeout(app_state(request).settings.body_timeout):
+            return await request.read()
+    except TimeoutError:
+        raise ApiError(408, "body_timeout", headers={"Connection": "close"},
+                       detail="the request body did not arrive in time") from None
 
 
 def parsed_json(raw: bytes) -> Any:
@@ -27,7 +40,7 @@ def parsed_json(raw: bytes) -> Any:
 
 
 async def json_object(request: web.Request) -> dict[str, Any]:
-    data = parsed_json(await request.read() or b"null")
+    data = parsed_json(await read_body(request) or b"null")
     if not isinstance(data, dict):
         raise invalid("the body must be a JSON object")
     return data

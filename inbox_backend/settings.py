@@ -76,6 +76,8 @@ class Settings:
     header_timeout: float = 10.0
     keepalive_timeout: float = 75.0  # above common load balancers' idle timeouts (60 s), as nginx's default
     max_connections: int = 1000
+    # The time to send a request body once its head was read: a body trickled slower is answered 408.
+    body_timeout: float = 30.0
     # A request body's bound (413 beyond it): a webhook delivery or an API call is a few kilobytes.
     max_body: int = 1024 * 1024
 
@@ -122,6 +124,7 @@ class Settings:
             header_timeout=_seconds(env, "INBOX_HEADER_TIMEOUT", defaults.header_timeout),
             keepalive_timeout=_seconds(env, "INBOX_KEEPALIVE_TIMEOUT", defaults.keepalive_timeout),
             max_connections=_count(env, "INBOX_MAX_CONNECTIONS", defaults.max_connections),
+            body_timeout=_seconds(env, "INBOX_BODY_TIMEOUT", defaults.body_timeout),
             max_body=_count(env, "INBOX_MAX_BODY", defaults.max_body),
         )
 

@@ -15,7 +15,7 @@ from aiohttp import web
 from inbox_backend.bot import Bot
 from inbox_backend.conversations import store_inbound
 from inbox_backend.errors import ApiError
-from inbox_backend.inputs import parsed_json
+from inbox_backend.inputs import parsed_json, read_body
 from inbox_backend.state import REQUEST_ID, app_state
 from inbox_backend.webhook_payload import SIGNATURE_HEADER, Inbound, parse_webhook, signature_valid
 
@@ -40,7 +40,7 @@ def _sender(inbound: Inbound) -> Contact:
 
 async def receive(request: web.Request) -> web.Response:
     state = app_state(request)
-    raw = await request.read()  # bounded by the app's client_max_size (413 beyond it)
+    raw = await read_body(request)
     # Checked over these bytes, and these same bytes are parsed: nothing unsigned is ever read.
     if not signature_valid(raw, request.headers.get(SIGNATURE_HEADER), state.settings.whatsapp_app_secret):
         raise ApiError(401, "invalid_signature", detail=f"{SIGNATURE_HEADER} does not match the body")

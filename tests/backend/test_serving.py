@@ -123,14 +123,32 @@ async def test_connections_beyond_max_connections_are_answered_503_and_closed(ma
         w.close()
 
 
+async def test_a_body_trickled_slower_than_the_body_timeout_is_answered_408(make_stack: MakeStack) -> None:
+    stack = await make_stack(body_timeout=0.3, header_timeout=30.0, keepalive_timeout=30.0)
+    for head in (b"POST /webhook HTTP/1.1\r\nHost: inbox\r\nContent-Length: 200\r\n\r\n",
+                 b"POST /messages HTTP/1.1\r\nHost: inbox\r\nAuthorization: Bearer user-token\r\n"
+                 b"Content-Length: 200\r\n\r\n"):
+        reader, writer = await connect(stack)
+        writer.write(head)
+        trickling = asyncio.create_task(trickle(writer, b"{" * 200, gap=0.05))  # 10 s for the whole body
+        started = time.monotonic()
+        status = await asyncio.wait_for(reader.readline(), 5.0)
+        assert status == b"HTTP/1.1 408 Request Timeout\r\n"
+        assert time.monotonic() - started < 3.0
+        trickling.cancel()
+        writer.close()
+    assert stack.sim.state.request_count("supabase", "rest:messages:POST") == 0
+
+
 def test_the_connection_settings_come_from_the_environment_and_refuse_nonsense() -> None:
     settings = Settings.from_env({"INBOX_HEADER_TIMEOUT": "2.5", "INBOX_KEEPALIVE_TIMEOUT": "30",
-                                  "INBOX_MAX_CONNECTIONS": "200", "INBOX_MAX_BODY": "65536"})
+                                  "INBOX_MAX_CONNECTIONS": "200", "INBOX_MAX_BODY": "65536",
+                                  "INBOX_BODY_TIMEOUT": "5"})
     assert (settings.header_timeout, settings.keepalive_timeout) == (2.5, 30.0)
-    assert (settings.max_connections, settings.max_body) == (200, 65536)
+    assert (settings.max_connections, settings.max_body, settings.body_timeout) == (200, 65536, 5.0)
     defaults = Settings.from_env({})
     assert (defaults.header_timeout, defaults.keepalive_timeout, defaults.max_connections) == (10.0, 75.0, 1000)
-    assert defaults.max_body == 1024 * 1024
+    assert (defaults.max_body, defaults.body_timeout) == (1024 * 1024, 30.0)
     for name, value in [("INBOX_HEADER_TIMEOUT", "0"), ("INBOX_HEADER_TIMEOUT", "inf"),
                         ("INBOX_MAX_CONNECTIONS", "0"), ("INBOX_MAX_CONNECTIONS", "²"),
                         ("INBOX_MAX_BODY", "1" * 5000), ("INBOX_MAX_BODY", "1e6")]:
