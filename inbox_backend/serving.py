@@ -34,6 +34,9 @@ from inbox_backend.settings import Settings
 log = logging.getLogger("inbox.app")
 
 REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+# After a refusal, what the caller still sends is read and dropped this long before the socket closes: closing with
+# unread input makes the kernel answer with a reset, which can destroy the refusal before the caller reads it.
+LINGER = 1.0
 OVERLOADED = b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n"
 
 
@@ -55,6 +58,7 @@ class GuardedRequestHandler(RequestHandler):
         super().__init__(manager, **kwargs)
         self._limits = limits
         self._head_timer: asyncio.TimerHandle | None = None
+        self._refused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -65,6 +69,8 @@ class GuardedRequestHandler(RequestHandler):
             self._refuse(OVERLOADED)
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return  # lingering: dropped unparsed
         # Bytes while the handler waits for a request head start (or continue) a head: time it from its first byte.
         if data and self._head_timer is None and self._awaiting_head():
             self._head_timer = self._loop.call_later(self._limits.header_timeout, self._head_too_slow)
@@ -88,10 +94,17 @@ class GuardedRequestHandler(RequestHandler):
             self._refuse(REQUEST_TIMEOUT)
 
     def _refuse(self, answer: bytes) -> None:
+        """Answer, end our side (FIN), drop what still comes for LINGER seconds, then close."""
         transport = self.transport
-        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
-            transport.write(answer)  # flushed by the close that follows
-        self.force_close()
+        if self._refused or not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
+            self.force_close()
+            return
+        self._refused = True
+        self._cancel_head_timer()
+        transport.write(answer)
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._loop.call_later(LINGER, self.force_close)
 
     def _cancel_head_timer(self) -> None:
         if self._head_timer is not None:
