@@ -9,7 +9,10 @@ its connection (and a file descriptor) for an hour. This module adds, without co
   arrive within it; otherwise the caller gets `408` and the connection is closed (nginx's
   `client_header_timeout`, Envoy's `request_headers_timeout`);
 - `keepalive_timeout`: aiohttp's own timer, now set by the settings (idle connections are closed);
-- `max_connections`: a connection beyond it is answered `503` and closed at once, before anything is parsed.
+- `max_connections`: a connection beyond it is answered `503` and closed, before anything is parsed.
+
+A refused connection is half-closed and lingers for `LINGER` seconds (input dropped) before it closes, so the
+answer is not lost to a reset. Request bodies are timed by the handlers (inputs.read_body, `body_timeout`).
 
 The hook is a `RequestHandler` subclass (aiohttp's protocol, one per connection) made by a `Server` subclass,
 which a small `AppRunner` subclass builds in place of the plain one. It reads three of the handler's attributes
