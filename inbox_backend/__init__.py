@@ -1,11 +1,13 @@
 """The WhatsApp inbox backend: the egress sidecar's first user.
 
     app                   wiring: middlewares, routes, the state's life cycle
+    serving               the listening socket's bounds: header timeout, keep-alive, connection count
     settings              environment variables -> a frozen Settings
     state                 the one object the app owns (session, metrics, background tasks)
     middleware            request id, access log + metrics, the error body
     webhook, routes, ops  HTTP handlers (WhatsApp, the user API, health/metrics/breakers)
     inputs                what callers send: bodies, ids, the bearer user
+    bounded_json          a caller's JSON within bounds (depth, finite numbers, UTF-8)
     conversations, bot    what the inbox does: store inbound, send outbound, reply
     egress, errors        every outbound call, and how its failures become API errors
     database, auth, gemini, whatsapp   the upstream APIs

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
 
-from aiohttp import web
-
 from inbox_backend.app import create_app
+from inbox_backend.serving import serve
 from inbox_backend.settings import Settings, SettingsError
 
 
@@ -26,8 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     egress = "direct to the upstreams" if settings.direct else f"through the sidecar ({settings.sidecar_admin_url})"
     host, port = settings.host, settings.port
     print(f"inbox backend on http://{host}:{port}, egress {egress}", flush=True)
-    # run_app stops gracefully on SIGINT and SIGTERM: in-flight requests finish, then cleanup runs.
-    web.run_app(create_app(settings), host=host, port=port, print=None, access_log=None, shutdown_timeout=5)
+    asyncio.run(serve(create_app(settings), settings))
     return 0
 
 

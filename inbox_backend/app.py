@@ -19,7 +19,8 @@ DRAIN_SECONDS = 10.0
 
 def create_app(settings: Settings | None = None) -> web.Application:
     settings = settings or Settings.from_env()
-    app = web.Application(middlewares=[observe, errors])
+    # client_max_size: request.read() answers 413 beyond it (errors maps it to body_too_large).
+    app = web.Application(middlewares=[observe, errors], client_max_size=settings.max_body)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         # The session is created inside the running loop, and closed after the last background task.

@@ -29,8 +29,10 @@ class User:
         return self.is_admin or account.get("owner_id") == self.id
 
     def check_access(self, account: Mapping[str, Any]) -> None:
+        """Another account's row is answered as if it did not exist (the same 404 as database.Database's):
+        a 403 would tell a caller trying ids which ones exist, and whose they are."""
         if not self.can_access(account):
-            raise ApiError(403, "forbidden", detail=f"user {self.id} may not act for account {account.get('id')}")
+            raise ApiError(404, "not_found", detail=f"user {self.id} may not act for account {account.get('id')}")
 
     def require_admin(self) -> None:
         if not self.is_admin:

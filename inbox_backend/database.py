@@ -5,6 +5,7 @@ Rows stay plain JSON dicts: they are passed back to the API's callers as they ar
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,8 +17,17 @@ Row = dict[str, Any]
 REPRESENTATION = "return=representation"
 
 
-def eq(value: object) -> str:
-    return f"eq.{value}"
+# A filter value is sent as `eq.<value>`, URL-encoded by yarl (so `&` or `=` cannot start another parameter).
+# PostgREST reads the rest of an `eq.` filter literally; still, only values with none of its reserved characters
+# (, . : ( ) " and spaces) are ever built into one, so no value can read as a list, a logic tree or an operator.
+_LITERAL = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def eq(value: int | str) -> str:
+    text = str(value)
+    if isinstance(value, bool) or not _LITERAL.fullmatch(text):
+        raise ValueError(f"not a filter value: {text[:80]!r}")  # a bug of ours: callers validate ids first
+    return f"eq.{text}"
 
 
 class Database:

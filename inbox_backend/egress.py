@@ -54,6 +54,13 @@ class Reply:
     data: Any
 
 
+def call_url(base_url: str, call: Call) -> URL:
+    """The call's URL. Parameters are set as values and encoded by yarl (`&`, `=`, `#` ... escaped), so none
+    can end its own parameter and start another."""
+    url = URL(base_url + call.path)
+    return url.update_query(dict(call.params)) if call.params else url
+
+
 def open_session() -> aiohttp.ClientSession:
     # No cookies: one session serves every user. No env proxies: egress goes where the settings say.
     return aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
@@ -77,8 +84,7 @@ class Egress:
             self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_read=backstop)
 
     def url(self, call: Call) -> URL:
-        url = URL(self.settings.base_url(call.upstream) + call.path)
-        return url.update_query(dict(call.params)) if call.params else url
+        return call_url(self.settings.base_url(call.upstream), call)
 
     def credentials(self, upstream: Upstream, purpose: Purpose) -> dict[str, str]:
         s = self.settings

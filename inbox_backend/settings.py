@@ -71,6 +71,15 @@ class Settings:
     # deadline, so the sidecar's own timeout (with its precise error) always fires first.
     sidecar_backstop_timeout: float = 150.0
     history_limit: int = 20
+    # What an internet caller may hold (serving.py): the time to send a request head once its first byte
+    # arrived, how long an idle keep-alive connection stays open, how many connections are open at once.
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 75.0  # above common load balancers' idle timeouts (60 s), as nginx's default
+    max_connections: int = 1000
+    # The time to send a request body once its head was read: a body trickled slower is answered 408.
+    body_timeout: float = 30.0
+    # A request body's bound (413 beyond it): a webhook delivery or an API call is a few kilobytes.
+    max_body: int = 1024 * 1024
 
     @property
     def direct(self) -> bool:
@@ -112,6 +121,11 @@ class Settings:
             direct_timeout=_seconds(env, "DIRECT_TIMEOUT", defaults.direct_timeout),
             direct_connect_timeout=_seconds(env, "DIRECT_CONNECT_TIMEOUT", defaults.direct_connect_timeout),
             sidecar_backstop_timeout=_seconds(env, "SIDECAR_BACKSTOP_TIMEOUT", defaults.sidecar_backstop_timeout),
+            header_timeout=_seconds(env, "INBOX_HEADER_TIMEOUT", defaults.header_timeout),
+            keepalive_timeout=_seconds(env, "INBOX_KEEPALIVE_TIMEOUT", defaults.keepalive_timeout),
+            max_connections=_count(env, "INBOX_MAX_CONNECTIONS", defaults.max_connections),
+            body_timeout=_seconds(env, "INBOX_BODY_TIMEOUT", defaults.body_timeout),
+            max_body=_count(env, "INBOX_MAX_BODY", defaults.max_body),
         )
 
 
@@ -163,3 +177,13 @@ def _seconds(env: Mapping[str, str], name: str, default: float) -> float:
     if not math.isfinite(value) or value <= 0:  # inf and nan too: a timer cannot be set with either
         raise SettingsError(f"{name} must be a positive number of seconds, not {raw!r}")
     return value
+
+
+def _count(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    # Digits only, and few of them: not "²", not "1_000", not a 5,000-digit number.
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 12) or int(raw) < 1:
+        raise SettingsError(f"{name} must be a positive whole number, not {raw!r}")
+    return int(raw)

@@ -8,7 +8,6 @@ redelivers, which is what we want; the second delivery is stored once thanks to 
 
 from __future__ import annotations
 
-import json
 import logging
 
 from aiohttp import web
@@ -16,6 +15,7 @@ from aiohttp import web
 from inbox_backend.bot import Bot
 from inbox_backend.conversations import store_inbound
 from inbox_backend.errors import ApiError
+from inbox_backend.inputs import parsed_json, read_body
 from inbox_backend.state import REQUEST_ID, app_state
 from inbox_backend.webhook_payload import SIGNATURE_HEADER, Inbound, parse_webhook, signature_valid
 
@@ -40,13 +40,11 @@ def _sender(inbound: Inbound) -> Contact:
 
 async def receive(request: web.Request) -> web.Response:
     state = app_state(request)
-    raw = await request.read()
+    raw = await read_body(request)
+    # Checked over these bytes, and these same bytes are parsed: nothing unsigned is ever read.
     if not signature_valid(raw, request.headers.get(SIGNATURE_HEADER), state.settings.whatsapp_app_secret):
         raise ApiError(401, "invalid_signature", detail=f"{SIGNATURE_HEADER} does not match the body")
-    try:
-        payload = json.loads(raw)
-    except ValueError:
-        raise ApiError(400, "invalid_json") from None
+    payload = parsed_json(raw)
     rid = request[REQUEST_ID]
     clients = state.clients(rid)
     inbounds = list(parse_webhook(payload))

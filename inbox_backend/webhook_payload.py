@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -18,6 +19,13 @@ from typing import Any
 
 SIGNATURE_HEADER = "X-Hub-Signature-256"
 MEDIA_TYPES = ("image", "audio", "video", "document", "sticker")
+# The ids this inbox stores or puts in a URL, in the shapes WhatsApp sends; a message with any other is skipped.
+# Phone number ids and wa_ids are digits; message ids are "wamid." and base64. A media id goes into a Graph
+# path: no dot (no "..") and no slash.
+_DIGITS = re.compile(r"[0-9]{1,32}")
+_MESSAGE_ID = re.compile(r"[A-Za-z0-9._=+/-]{1,256}")
+MEDIA_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+MAX_TIMESTAMP = 4_102_444_800  # 2100-01-01: a later one is no WhatsApp timestamp
 
 
 def signature(body: bytes, app_secret: str) -> str:
@@ -60,16 +68,14 @@ def parse_webhook(payload: Any) -> list[Inbound]:
 
 
 def _messages(value: dict[str, Any]) -> list[Inbound]:
-    phone_number_id = str((value.get("metadata") or {}).get("phone_number_id") or "")
-    names = {
-        str(c.get("wa_id")): (c.get("profile") or {}).get("name") for c in _dicts(value.get("contacts"))
-    }
+    phone_number_id = _id(_dict(value.get("metadata")).get("phone_number_id"), _DIGITS)
+    names = {c.get("wa_id"): _str(_dict(c.get("profile")).get("name")) for c in _dicts(value.get("contacts"))}
     found = []
     for message in _dicts(value.get("messages")):
-        kind = str(message.get("type") or "")
-        sender, message_id = message.get("from"), message.get("id")
-        if not phone_number_id or not isinstance(sender, str) or not isinstance(message_id, str):
-            continue
+        kind = _str(message.get("type")) or ""
+        sender, message_id = _id(message.get("from"), _DIGITS), _id(message.get("id"), _MESSAGE_ID)
+        if phone_number_id is None or sender is None or message_id is None:
+            continue  # not a message this inbox can store or answer: skipped, like a status update
         text, media_id = _content(kind, message)
         found.append(
             Inbound(
@@ -77,7 +83,7 @@ def _messages(value: dict[str, Any]) -> list[Inbound]:
                 wa_id=sender,
                 contact_name=names.get(sender),
                 message_id=message_id,
-                timestamp=_int(message.get("timestamp")),
+                timestamp=_timestamp(message.get("timestamp")),
                 type=kind,
                 text=text,
                 media_id=media_id,
@@ -93,8 +99,12 @@ def _content(kind: str, message: dict[str, Any]) -> tuple[str | None, str | None
     if kind == "text":
         return _str(body.get("body")), None
     if kind in MEDIA_TYPES:
-        return _str(body.get("caption")), _str(body.get("id"))
+        return _str(body.get("caption")), _id(body.get("id"), MEDIA_ID)
     return None, None
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def _dicts(value: Any) -> list[dict[str, Any]]:
@@ -105,11 +115,18 @@ def _str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def _int(value: Any) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return int(time.time())
+def _id(value: Any, shape: re.Pattern[str]) -> str | None:
+    return value if isinstance(value, str) and shape.fullmatch(value) else None
+
+
+def _timestamp(value: Any) -> int:
+    """WhatsApp's epoch seconds (a digit string). Anything else, or out of range, is the time of receipt:
+    a date is not worth refusing a message for, and `1e400` or `10**20` must not reach `datetime`."""
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 12:
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TIMESTAMP:
+        return value
+    return int(time.time())
 
 
 # -- building payloads (the `send_webhook` helper and the tests) ------------------------------------

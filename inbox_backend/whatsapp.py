@@ -11,6 +11,7 @@ from yarl import URL
 from inbox_backend.egress import Call, Caller
 from inbox_backend.errors import ApiError
 from inbox_backend.settings import Settings, Upstream
+from inbox_backend.webhook_payload import MEDIA_ID
 
 
 def media_download_path(media_url: str) -> str:
@@ -52,6 +53,8 @@ class WhatsApp:
 
     async def media_path(self, media_id: str) -> str:
         """The download path (with query) under the `whatsapp_media` upstream."""
+        if not MEDIA_ID.fullmatch(media_id):  # it becomes a path segment: no "..", no "/", no "?"
+            raise ApiError(404, "no_media", detail=f"{media_id!r} is not a WhatsApp media id")
         data = (await self.caller.send(Call(Upstream.WHATSAPP, "GET", f"/{self.version}/{media_id}"))).data
         url = data.get("url") if isinstance(data, dict) else None
         if not isinstance(url, str):

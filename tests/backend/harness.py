@@ -8,12 +8,13 @@ import copy
 import json
 import re
 import socket
+import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Iterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import pytest
@@ -21,6 +22,7 @@ import yaml
 from aiohttp import web
 
 from inbox_backend.app import create_app
+from inbox_backend.serving import ConnectionLimits, GuardedRunner
 from inbox_backend.settings import Settings, Upstream
 from inbox_backend.simulator import Simulator, SimulatorConfig, run_simulator
 from inbox_backend.state import APP, AppState
@@ -108,7 +110,7 @@ def backend_settings(urls: Mapping[Upstream, str], sidecar: RunningSidecar | Non
 @asynccontextmanager
 async def serve_backend(settings: Settings) -> AsyncIterator[tuple[str, AppState]]:
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+    runner = GuardedRunner(app, ConnectionLimits.of(settings), access_log=None, shutdown_timeout=1)
     await runner.setup()
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -196,6 +198,40 @@ async def stack_factory() -> AsyncIterator[MakeStack]:
             return Stack(sim, sidecar, url, state, http)
 
         yield make
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class ThreadedStack:
+    """A stack on an event loop of its own thread, for hypothesis tests: they run each example synchronously,
+    and one stack serves all of a test's examples (starting one per example would take most of the time)."""
+
+    stack: Stack
+    loop: asyncio.AbstractEventLoop
+
+    def run(self, work: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result(timeout=60)
+
+
+@contextmanager
+def threaded_stack(policy: Mapping[str, Any] | None = None, **settings: Any) -> Iterator[ThreadedStack]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="stack-loop", daemon=True)
+    thread.start()
+    factory = stack_factory()
+    try:
+        make = asyncio.run_coroutine_threadsafe(factory.__aenter__(), loop).result(timeout=60)
+        try:
+            stack = asyncio.run_coroutine_threadsafe(make(policy, **settings), loop).result(timeout=60)
+            yield ThreadedStack(stack, loop)
+        finally:
+            asyncio.run_coroutine_threadsafe(factory.__aexit__(None, None, None), loop).result(timeout=60)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
 
 
 # -- fixtures (imported by the conftest of tests/backend and tests/e2e) ------------------------------
