@@ -21,6 +21,7 @@ from proxy.errors import (
     BadRequest,
     BodyTooLarge,
     EgressError,
+    ExpectationFailed,
     UpstreamBadResponse,
     UpstreamConnectError,
     UpstreamReset,
@@ -198,8 +199,13 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 async def _send_continue(request: web.BaseRequest) -> None:
     """`100 Continue` when the caller asked for it (aiohttp's low-level server leaves `Expect` to the application).
     Sent only once the body is wanted, so a refusal (413, an open breaker) goes instead, as RFC 9110 §10.1.1 means;
-    a caller that sent its body at once gets it too, which the RFC allows."""
-    if request.version >= (1, 1) and request.headers.get("Expect", "").lower() == "100-continue":
+    a caller that sent its body at once gets it too, which the RFC allows. Any other expectation is a 417."""
+    expect = request.headers.get("Expect")
+    if expect is None:
+        return
+    if expect.lower() != "100-continue":
+        raise ExpectationFailed(f"unsupported Expect: {expect[:100]!r}")
+    if request.version >= (1, 1):
         writer = request.writer
         if writer.output_size == 0:  # nothing sent yet: the interim answer can still go first
             await writer.write(CONTINUE)

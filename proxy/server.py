@@ -149,6 +149,8 @@ class Sidecar:
             runner, self._data_runner = self._data_runner, None
             for site in list(runner.sites):
                 await site.stop()  # no new connections
+            if self._callers is not None:
+                self._callers.stop_watching()
             if runner.server is not None:
                 runner.server.pre_shutdown()  # no new requests on kept-alive ones
             if self.pipeline is not None and not await self.pipeline.drain(self.policy.shutdown_grace):
