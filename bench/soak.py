@@ -34,6 +34,7 @@ import aiohttp
 import uvloop
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench.cache import lookups
 from bench.faults import FaultServer, Outages
 from bench.processes import LOOPBACK, Processes, cpu_seconds, free_ports, status_kib
 from bench.stack import Sidecar, launch_sidecar
@@ -46,6 +47,8 @@ SETTLE = 3.0  # after the load: past the read timeout and the breakers' reset, s
 CALLER_TIMEOUT = 10.0  # a caller's whole request; the policy's `total` (5 s) answers well before
 HANG_UP_AFTER = 0.3  # a caller that hangs up early gives up after this long
 SEED = 11
+UPSTREAMS = ("steady", "flaky")
+CACHED_ROUTE = "item"  # each upstream's cached route
 
 
 def policy(port: int, admin: int, steady: str, flaky: str) -> str:
@@ -69,7 +72,7 @@ upstreams:
   steady:
     url: {steady}
     routes:
-      - {{name: item, match: GET /item/*, cache: {{ttl: 2s, stale_if_error: 30s}}}}
+      - {{name: {CACHED_ROUTE}, match: GET /item/*, cache: {{ttl: 2s, stale_if_error: 30s}}}}
       - {{name: stream, match: GET /stream, timeouts: {{total: 10s}}}}
       - {{name: echo, match: POST /echo, idempotent: true}}
   flaky:
@@ -77,7 +80,7 @@ upstreams:
     limits: {{max_concurrent: {FLAKY_SLOTS}, max_queue: 4}}
     throttle: [{{status: 429, delay: 1s}}]
     routes:
-      - {{name: item, match: GET /item/*, cache: {{ttl: 1s, stale_if_error: 30s}}}}
+      - {{name: {CACHED_ROUTE}, match: GET /item/*, cache: {{ttl: 1s, stale_if_error: 30s}}}}
       - {{name: send, match: POST /echo}}
 """
 
@@ -270,11 +273,12 @@ def measures(concurrency: int) -> tuple[Measure, ...]:
 
 
 def summary(readings: list[Reading], idle: tuple[Reading, Reading | None], warmup: float, concurrency: int,
-            tally: Tally) -> bool:
+            tally: Tally, cached: dict[str, dict[str, float]]) -> bool:
     """Print the summary; True when every measure stayed flat under load and came back after it."""
     print("\nsummary")
     for upstream, counts in sorted(tally.by_upstream.items()):
-        print(f"  {upstream:7s} {counts.total():7d} requests  {mix(counts)}")
+        found = " ".join(f"{result}:{n:.0f}" for result, n in sorted(cached.get(upstream, {}).items()))
+        print(f"  {upstream:7s} {counts.total():7d} requests  {mix(counts)}   cache {CACHED_ROUTE}: {found}")
     base = next((r for r in readings if r.elapsed >= warmup), None)
     if base is None:
         print(f"verdict: none: no reading after the {warmup:.0f}s warm-up (stopped too early)")
@@ -357,10 +361,12 @@ async def soak(args: argparse.Namespace, procs: Processes, tmp: Path) -> int:
         if not early:
             await asyncio.sleep(SETTLE)
             idle_after = await read(admin_session, sidecar, procs, time.monotonic() - started, tally.done)
+    # Read from the sidecar's metrics: the cached routes served from the cache, not only forwarded.
+    cached = {upstream: await asyncio.to_thread(lookups, sidecar, upstream, CACHED_ROUTE) for upstream in UPSTREAMS}
     await steady.stop()
     await flaky.stop()
     warmup = args.warmup if args.warmup is not None else min(60.0, seconds / 4)
-    flat = summary(readings, (idle_before, idle_after), warmup, args.concurrency, tally)
+    flat = summary(readings, (idle_before, idle_after), warmup, args.concurrency, tally, cached)
     return 130 if early else 0 if flat else 1  # 130: stopped by a signal, as a shell reports Ctrl-C
 
 
