@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 POLICY ?= config/policy.yaml
 
-.PHONY: install run sidecar test lint typecheck unit bench clean
+.PHONY: install run sidecar test lint typecheck unit bench soak clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ test: lint typecheck unit
 
 bench: install
 	$(PY) -m bench.overhead
+
+# 10 minutes of mixed traffic with faults through a sidecar: do its RSS, fds and tasks stay flat? (SOAK_ARGS=...)
+soak: install
+	$(PY) -m bench.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

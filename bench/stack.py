@@ -211,6 +211,11 @@ def start_sidecar(
     policy.write_text(sidecar_policy(port, admin, static, aio, redis))
     if redis is not None:  # a Redis cache needs a key secret: this benchmark's own, for its own keys
         os.environ.setdefault(CACHE_KEY_SECRET_ENV, secrets.token_hex(16))
+    return launch_sidecar(procs, name, policy, port, admin, core)
+
+
+def launch_sidecar(procs: Processes, name: str, policy: Path, port: int, admin: int, core: int | None) -> Sidecar:
+    """`python -m proxy --policy POLICY` (listening on `port`, admin on `admin`), once its admin says ready."""
     proc = procs.start(name, [sys.executable, "-m", "proxy", "--policy", str(policy)], core)
     sidecar = Sidecar(f"http://{LOOPBACK}:{port}", f"http://{LOOPBACK}:{admin}", proc.pid)
     wait_http(f"{sidecar.admin}/ready", proc, name, procs)

@@ -8,12 +8,13 @@ runs the `before_collect` callbacks, so a scrape never misses a request answered
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 # 5 ms .. 60 s: from a cache hit to the slowest media download the policy allows.
@@ -77,6 +78,7 @@ class Metrics:
         )
         self.cache_entries = Gauge("egress_cache_entries", "Entries in the memory cache", registry=r)
         self.cache_bytes = Gauge("egress_cache_bytes", "Body bytes held by the memory cache", registry=r)
+        r.register(_LoopTasks())
 
         self._routes: dict[tuple[str, str], RouteMetrics] = {}
         self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
@@ -133,6 +135,27 @@ class _Settle(Collector):
     def collect(self) -> list[Metric]:
         self._metrics.settle()
         return []
+
+
+class _LoopTasks(Collector):
+    """`egress_event_loop_tasks`: the asyncio tasks alive in the scraping loop, counted at scrape time only (a
+    walk of the loop's task set, nothing per request). A count that climbs under steady load is a leak
+    (`bench/soak.py` watches it). Outside a running loop (a synchronous `render()`) it exports no sample."""
+
+    NAME = "egress_event_loop_tasks"
+    HELP = "asyncio tasks alive in the sidecar's event loop, counted at scrape"
+
+    def describe(self) -> list[Metric]:
+        return [GaugeMetricFamily(self.NAME, self.HELP)]
+
+    def collect(self) -> list[Metric]:
+        family = GaugeMetricFamily(self.NAME, self.HELP)
+        try:
+            tasks = asyncio.all_tasks()
+        except RuntimeError:  # no running loop: nothing to count
+            return [family]
+        family.add_metric([], len(tasks))
+        return [family]
 
 
 class RouteMetrics:

@@ -120,3 +120,21 @@ async def test_a_failing_access_log_loses_its_lines_not_the_counts_nor_the_reque
     ledger.record(entry("r2"))  # fills the batch: settles here, and must not raise into this request
     assert samples(metrics)["egress_requests_total", ANSWERED] == 2
     assert any(r.getMessage() == "could not write 2 access-log lines" for r in caplog.records)
+
+
+async def test_the_event_loop_task_gauge_counts_the_tasks_alive_at_scrape():
+    metrics = Metrics()
+    tasks = ("egress_event_loop_tasks", ())
+    before = samples(metrics)[tasks]
+    sleepers = [asyncio.create_task(asyncio.sleep(60)) for _ in range(5)]
+    try:
+        assert samples(metrics)[tasks] == before + 5
+    finally:
+        for sleeper in sleepers:
+            sleeper.cancel()
+        await asyncio.gather(*sleepers, return_exceptions=True)
+    assert samples(metrics)[tasks] == before
+
+
+def test_the_event_loop_task_gauge_has_no_sample_outside_a_loop():
+    assert not [name for name, _ in samples(Metrics()) if name == "egress_event_loop_tasks"]
