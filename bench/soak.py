@@ -335,9 +335,11 @@ async def soak(args: argparse.Namespace, procs: Processes, tmp: Path) -> int:
                        for i in range(args.concurrency)]
             try:
                 for tick in itertools.count(1):
-                    wake = started + min(tick * args.interval, seconds)
+                    # Compared as offsets, not as `wake - started`: that float difference can fall short of
+                    # `seconds` and keep the loop reading, back to back, forever.
+                    at = min(tick * args.interval, seconds)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), max(0.0, wake - time.monotonic()))
+                        await asyncio.wait_for(stop.wait(), max(0.0, started + at - time.monotonic()))
                     if stop.is_set():
                         print("stopping early", flush=True)
                         break
@@ -345,7 +347,7 @@ async def soak(args: argparse.Namespace, procs: Processes, tmp: Path) -> int:
                                                tally.done))
                     print(line(readings[-1], readings[-2] if len(readings) > 1 else idle_before, tally.total()),
                           flush=True)
-                    if wake - started >= seconds:
+                    if at >= seconds:
                         break
             finally:
                 early = stop.is_set()
