@@ -33,7 +33,7 @@ from proxy.policy import Timeouts, Upstream
 # Headers aiohttp would otherwise invent; a transparent proxy sends only what the caller sent.
 SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 # Sidecar controls are for the sidecar: they are not forwarded upstream. `Expect: 100-continue` was answered by
-# the sidecar (listener.send_continue): forwarded, it would make aiohttp wait for the upstream's 100 too.
+# the sidecar (`_send_continue`): forwarded, it would make aiohttp wait for the upstream's 100 too.
 SIDECAR_REQUEST_HEADERS = frozenset({"host", "x-egress-timeout", "expect"})
 
 

@@ -355,18 +355,18 @@ class Pipeline:
     async def _respond(
         self, request: web.BaseRequest, ex: Exchange, answer: Answer, deadline: Deadline, prefix: bytes = b""
     ) -> web.StreamResponse:
+        assert ex.target is not None
         ex.status = answer.status
         try:
             response, delivery = await send_answer(
                 request, answer, ex.reply_headers(), max(deadline.remaining(), 0.001), prefix or answer.prefix,
-                ex.target.route.timeouts.read if ex.target is not None else None,
+                ex.target.route.timeouts.read,
             )
         finally:
             answer.response.close()  # a no-op once released to the pool; frees it on any early exit
         ex.sent, ex.broken = delivery.sent, delivery.broken
         if ex.broken and ex.broken != "client_disconnected":
             ex.error = ex.broken
-            assert ex.target is not None
             self.metrics.child(self.metrics.upstream_errors, ex.target.upstream.name, ex.broken).inc()
         return response
 
