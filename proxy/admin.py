@@ -31,7 +31,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from proxy import __version__
 from proxy.policy.model import is_loopback_host
 from proxy.policy.render import effective_policy
-from proxy.runtime import Runtime
+from proxy.runtime import LiveRuntime, Runtime
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -46,11 +46,15 @@ class ReloadResult:
 class AdminState:
     """What the admin app reads: the runtime, whether the data plane is serving, and how to reload."""
 
-    def __init__(self, runtime: Runtime, reload: Callable[[], Awaitable[ReloadResult]] | None = None) -> None:
-        self.runtime = runtime
+    def __init__(self, live: LiveRuntime, reload: Callable[[], Awaitable[ReloadResult]] | None = None) -> None:
+        self.live = live
         self.ready = False
         self.started = time.time()
         self.reload = reload
+
+    @property
+    def runtime(self) -> Runtime:
+        return self.live.runtime
 
 
 STATE = web.AppKey("state", AdminState)

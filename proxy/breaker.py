@@ -118,10 +118,19 @@ class Breaker:
 
     # -- the two calls the retry loop makes ----------------------------------------------------------
 
-    def admit(self) -> Trial:
-        """Before an attempt: raise `CircuitOpen` (no upstream contact) or grant the attempt."""
+    def admits(self) -> bool:
+        """Whether `admit()` would grant an attempt now; no side effects."""
+        if self.refusal() is not None:
+            return False
+        return not (self.state == pybreaker.STATE_HALF_OPEN and self._trial is not None)
+
+    def admit(self, hedge: bool = False) -> Trial:
+        """Before an attempt: raise `CircuitOpen` (no upstream contact) or grant the attempt. A `hedge` is only
+        granted while closed: the single half-open trial is a real request's, never a speculative copy's."""
         self.check_open()
         state = self.state
+        if hedge and state != pybreaker.STATE_CLOSED:
+            raise CircuitOpen(f"breaker {self.name} is {state}: no hedge", upstream=self.upstream, retry_after=1.0)
         if state == pybreaker.STATE_OPEN:  # open, and reset_after has passed: this request is the trial
             self._cb.half_open()
             state = pybreaker.STATE_HALF_OPEN

@@ -82,13 +82,15 @@ class Pools:
             open_session(limits.keepalive), open_session(limits.keepalive_non_idempotent),
         )
 
-    def carry(self, upstream: Upstream) -> Pools:
-        """These pools for the reloaded `upstream`, or new ones if what they were opened for changed."""
+    @classmethod
+    def carry(cls, previous: Pools | None, upstream: Upstream) -> Pools:
+        """`previous` for the reloaded `upstream`, or new pools if what they were opened for changed."""
         limits = upstream.limits
-        same = (self.url, self.keepalive, self.keepalive_non_idempotent) == (
+        if previous is not None and (previous.url, previous.keepalive, previous.keepalive_non_idempotent) == (
             upstream.url, limits.keepalive, limits.keepalive_non_idempotent
-        )
-        return self if same else Pools.open(upstream)
+        ):
+            return previous
+        return cls.open(upstream)
 
     def session_for(self, idempotent: bool) -> aiohttp.ClientSession:
         return self.reusable if idempotent else self.fresh

@@ -178,6 +178,7 @@ class AccessEntry(NamedTuple):
     attempts: int = 0
     egress_error: str | None = None
     cache: str | None = None
+    hedges: int = 0
 
     def message(self) -> str:
         # One f-string (a line per request): `:.2f`, as `round()` with digits costs as much as the rest.
@@ -187,6 +188,7 @@ class AccessEntry(NamedTuple):
             f" bytes={self.bytes} attempts={self.attempts}"
             f"{f' egress_error={self.egress_error}' if self.egress_error else ''}"
             f"{f' cache={self.cache}' if self.cache else ''}"
+            f"{f' hedges={self.hedges}' if self.hedges else ''}"
         )
 
     def fields(self) -> dict[str, Any]:

@@ -49,6 +49,10 @@ class Metrics:
             "egress_retries_total", "Retries made, by upstream, route and what was retried",
             ["upstream", "route", "reason"], registry=r,
         )
+        self.hedges = Counter(
+            "egress_hedges_total", "Hedged attempts, by upstream, route and result: won, lost, or why none was sent",
+            ["upstream", "route", "result"], registry=r,
+        )
         self.budget_exhausted = Counter(
             "egress_retry_budget_exhausted_total", "Retries refused because the retry budget was spent",
             ["upstream"], registry=r,

@@ -19,8 +19,8 @@ from multidict import CIMultiDict
 
 from proxy.cache.entry import Entry
 from proxy.errors import EgressError
+from proxy.exchange import Answer
 from proxy.headers import end_to_end
-from proxy.retry import Answer
 
 log = logging.getLogger("egress.respond")
 

@@ -1,94 +1,54 @@
-"""Everything with state, built from one `Policy`: sessions, bulkheads, breakers, budgets, throttle clocks,
-the response cache, metrics. One owner, handed to the pipeline and the admin server explicitly; no
-module-level state."""
+"""Everything with state, built from one `Policy`, and how each piece lives through a reload.
+
+    piece                      lifetime                                         declared at
+    metrics registry           the process                                      Runtime (kept from `previous`)
+    router, routes             one policy version                               Runtime
+    breakers                   carried by name; new thresholds apply            stages.breaker.Breakers.carry
+    bulkhead                   carried while the upstream's limits are unchanged stages.bulkhead.Bulkhead.carry
+    retry budget window        carried while its settings are unchanged         stages.retry.RetryBudgetWindow.carry
+    throttle clock             carried always (per upstream name)               throttle.ThrottleClock.carry
+    connection pools           carried while URL and idle bounds are unchanged  forward.Pools.carry
+    response cache             carried while `cache` settings are unchanged     Runtime (ResponseCache)
+    recent attempt counts      carried always (per upstream name)               UpstreamState
+
+One owner, handed out through one `LiveRuntime` reference that a reload swaps in one place; a request keeps the
+runtime it arrived under (`Exchange.runtime`). No module-level state.
+"""
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import time
 from typing import Any
 
-import pybreaker
-
-from proxy.breaker import STATE_VALUES, Breaker
-from proxy.budget import RetryBudgetWindow
+from proxy.breaker import Breaker
 from proxy.cache import ResponseCache
 from proxy.forward import Forwarder, Pools
-from proxy.limits import Bulkhead
 from proxy.metrics import Metrics
-from proxy.policy import Policy, Route, Upstream
+from proxy.policy import Policy, Upstream
 from proxy.routing import Router
+from proxy.stages.breaker import Breakers, BreakerTelemetry
+from proxy.stages.bulkhead import Bulkhead
+from proxy.stages.retry import RetryBudgetWindow
 from proxy.throttle import ThrottleClock
 from proxy.window import SlidingCounts
 
-log = logging.getLogger("egress.breaker")
-
-
-class BreakerTelemetry(pybreaker.CircuitBreakerListener):
-    """Breaker transitions -> a log line an operator can grep, and the breaker metrics."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def state_change(self, cb: pybreaker.CircuitBreaker, old: Any, new: Any) -> None:
-        name = str(cb.name)
-        state = str(new.name)
-        self.metrics.breaker_state.labels(name).set(STATE_VALUES[state])
-        self.metrics.breaker_transitions.labels(name, state).inc()
-        if state == pybreaker.STATE_OPEN:
-            log.warning(
-                "Circuit breaker OPEN for %s after %d failures (retry in %.0fs)",
-                name, cb.fail_counter, cb.reset_timeout,
-            )
-        else:
-            log.warning("Circuit breaker %s for %s", state.upper(), name)
-
 
 class UpstreamState:
-    """One upstream's live state. Built anew on a policy reload, carrying over from `previous` what should
-    survive it: the connection pools (see Pools.carry), breakers (by name), the bulkhead (same limits), the retry
-    budget's window and the throttle clock."""
+    """One upstream's live state, each piece carried from `previous` by its own rule (see the module's table)."""
 
     def __init__(
-        self,
-        upstream: Upstream,
-        metrics: Metrics,
-        listener: BreakerTelemetry,
-        previous: UpstreamState | None = None,
+        self, upstream: Upstream, metrics: Metrics, telemetry: BreakerTelemetry, previous: UpstreamState | None
     ) -> None:
         self.upstream = upstream
         self.inflight = metrics.inflight.labels(upstream.name)
-        pools = previous.forwarder.pools.carry(upstream) if previous is not None else Pools.open(upstream)
-        self.forwarder: Forwarder = Forwarder(upstream, pools)
-        self.bulkhead: Bulkhead = (
-            previous.bulkhead
-            if previous is not None and previous.upstream.limits == upstream.limits
-            else Bulkhead(upstream.name, upstream.limits)
-        )
-        budget = upstream.default_route.retry.budget
-        self.budget: RetryBudgetWindow = (
-            previous.budget if previous is not None and previous.budget.budget == budget else RetryBudgetWindow(budget)
-        )
-        self.throttle: ThrottleClock = previous.throttle if previous is not None else ThrottleClock(upstream.name)
-        self.breakers: dict[str, Breaker] = {}
-        for route in (upstream.default_route, *upstream.routes):
-            if route.breaker_name in self.breakers:
-                continue
-            kept = previous.breakers.get(route.breaker_name) if previous is not None else None
-            if kept is not None:
-                kept.reconfigure(route.breaker)
-                self.breakers[route.breaker_name] = kept
-            else:
-                self.breakers[route.breaker_name] = Breaker(route.breaker_name, upstream.name, route.breaker, listener)
-                metrics.breaker_state.labels(route.breaker_name).set(0)
+        was = previous
+        self.forwarder: Forwarder = Forwarder(upstream, Pools.carry(was.forwarder.pools if was else None, upstream))
+        self.bulkhead: Bulkhead = Bulkhead.carry(was.bulkhead if was else None, upstream)
+        self.budget: RetryBudgetWindow = RetryBudgetWindow.carry(was.budget if was else None, upstream)
+        self.throttle: ThrottleClock = ThrottleClock.carry(was.throttle if was else None, upstream)
+        self.breakers: Breakers = Breakers.carry(was.breakers if was else None, upstream, telemetry)
         # Attempts and failures over the last minute, for /upstreams.
-        self._recent: SlidingCounts = (
-            previous._recent if previous is not None else SlidingCounts(("attempts", "failures"), 60)
-        )
-
-    def breaker_for(self, route: Route) -> Breaker:
-        return self.breakers[route.breaker_name]
+        self._recent: SlidingCounts = was._recent if was else SlidingCounts(("attempts", "failures"), 60)
 
     def note_attempt(self, failed: bool) -> None:
         self._recent.add("attempts")
@@ -101,14 +61,14 @@ class UpstreamState:
 
     def snapshot(self) -> dict[str, Any]:
         limits = self.upstream.limits
-        main = self.breakers[self.upstream.name]
+        breakers = self.breakers.by_name
         return {
             "name": self.upstream.name,
             "inflight": self.bulkhead.inflight,
             "queued": self.bulkhead.queued,
             "limits": {"max_concurrent": limits.max_concurrent, "max_queue": limits.max_queue},
-            "breaker": main.state,
-            "breakers": {name: b.state for name, b in self.breakers.items()},
+            "breaker": breakers[self.upstream.name].state,
+            "breakers": {name: b.state for name, b in breakers.items()},
             "throttled_for_seconds": round(self.throttle.remaining(), 3),
             "error_rate_1m": self.error_rate(),
         }
@@ -124,22 +84,24 @@ class Runtime:
         self.metrics: Metrics = previous.metrics if previous is not None else Metrics()
         self.router = Router(policy.upstreams)
         self.started: float = previous.started if previous is not None else time.time()
-        listener = previous._listener if previous is not None else BreakerTelemetry(self.metrics)
-        self._listener: BreakerTelemetry = listener
+        self.telemetry: BreakerTelemetry = (
+            previous.telemetry if previous is not None else BreakerTelemetry(self.metrics)
+        )
         before = previous.upstreams if previous is not None else {}
         self.upstreams: dict[str, UpstreamState] = {
-            name: UpstreamState(u, self.metrics, listener, before.get(name)) for name, u in policy.upstreams.items()
+            name: UpstreamState(u, self.metrics, self.telemetry, before.get(name))
+            for name, u in policy.upstreams.items()
         }
         # The cache holds settings, not routes: a reload keeps it (and its entries) unless its settings change.
-        self.cache: ResponseCache
-        if previous is not None and previous.policy.cache == policy.cache:
-            self.cache = previous.cache
-        else:
-            self.cache = ResponseCache.open(policy.cache, self.metrics)
+        self.cache: ResponseCache = (
+            previous.cache
+            if previous is not None and previous.policy.cache == policy.cache
+            else ResponseCache.open(policy.cache, self.metrics)
+        )
 
     @property
     def breakers(self) -> dict[str, Breaker]:
-        return {name: b for state in self.upstreams.values() for name, b in state.breakers.items()}
+        return {name: b for state in self.upstreams.values() for name, b in state.breakers.by_name.items()}
 
     def successor(self, policy: Policy) -> Runtime:
         """The runtime for a reloaded policy; close the old one with `retire` once its requests are done."""
@@ -148,17 +110,30 @@ class Runtime:
     async def retire(self, successor: Runtime) -> None:
         """Close what the successor did not take over (pools of removed or re-pointed upstreams, an old cache)."""
         kept = {id(state.forwarder.pools) for state in successor.upstreams.values()}
-        for state in self.upstreams.values():
+        for name, state in self.upstreams.items():
             if id(state.forwarder.pools) not in kept:
                 await state.close()
+            following = successor.upstreams.get(name)
+            state.breakers.retire(following.breakers if following is not None else None, self.metrics)
         if successor.cache is not self.cache:
             await self.cache.close()
-        for name in self.breakers.keys() - successor.breakers.keys():
-            # A breaker the policy dropped: its last state must not be exported (and alerted on) forever.
-            with contextlib.suppress(KeyError):
-                self.metrics.breaker_state.remove(name)
 
     async def close(self) -> None:
         for state in self.upstreams.values():
             await state.close()
         await self.cache.close()
+
+
+class LiveRuntime:
+    """The one reference to the running runtime, shared by the data plane and the admin port: a reload swaps it
+    here, once, and both see the new one from their next request."""
+
+    __slots__ = ("runtime",)
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def swap(self, successor: Runtime) -> Runtime:
+        """Make `successor` the running runtime; the previous one, to retire once its requests are done."""
+        previous, self.runtime = self.runtime, successor
+        return previous

@@ -15,7 +15,7 @@ from proxy.admin import AdminState, ReloadResult, build_admin_app
 from proxy.listener import CallerServer
 from proxy.pipeline import Pipeline
 from proxy.policy import Address, Policy, PolicyError, Problem, load_policy
-from proxy.runtime import Runtime
+from proxy.runtime import LiveRuntime, Runtime
 
 log = logging.getLogger("egress.server")
 
@@ -32,7 +32,7 @@ class Sidecar:
     def __init__(self, policy: Policy, loader: Callable[[], Policy] | None = None) -> None:
         self.policy = policy
         self._loader = loader or (lambda: load_policy(self.policy.source))
-        self.runtime: Runtime | None = None
+        self.live: LiveRuntime | None = None
         self.pipeline: Pipeline | None = None
         self.admin_state: AdminState | None = None
         self._retiring: dict[asyncio.Task[None], tuple[Runtime, Runtime]] = {}  # (old, new) pairs
@@ -50,10 +50,10 @@ class Sidecar:
             # The loader refuses such a policy; this catches one built another way before anything is bound.
             raise PolicyError([Problem(policy.source, policy.admin.listen.line, "admin",
                                        f"{policy.admin.listen} is reachable beyond this host: set admin.token")])
-        self.runtime = Runtime(policy)
-        await self.runtime.cache.warm_up()  # a Redis that is down is not fatal: requests go on uncached
-        self.pipeline = Pipeline(self.runtime)
-        self.admin_state = AdminState(self.runtime, reload=self.reload)
+        live = self.live = LiveRuntime(Runtime(policy))
+        await live.runtime.cache.warm_up()  # a Redis that is down is not fatal: requests go on uncached
+        self.pipeline = Pipeline(live)
+        self.admin_state = AdminState(live, reload=self.reload)
         self._admin_runner = web.AppRunner(build_admin_app(self.admin_state), access_log=None)
         await self._admin_runner.setup()
         await self._bind(self._admin_runner, policy.admin.listen, "admin")
@@ -71,9 +71,13 @@ class Sidecar:
             len(policy.upstreams), policy.source,
         )
 
+    @property
+    def runtime(self) -> Runtime | None:
+        return self.live.runtime if self.live is not None else None
+
     def _refused_caller(self, reason: str) -> None:
-        if self.runtime is not None:
-            self.runtime.metrics.refused("", reason)
+        if self.live is not None:
+            self.live.runtime.metrics.refused("", reason)
 
     async def _bind(self, runner: web.BaseRunner, address: Address, key: str) -> web.TCPSite:
         site = web.TCPSite(runner, address.host, address.port, reuse_address=True)
@@ -94,7 +98,7 @@ class Sidecar:
             return await self._reload()
 
     async def _reload(self) -> ReloadResult:
-        if self.runtime is None or self.pipeline is None or self.admin_state is None:
+        if self.live is None:
             return ReloadResult(False, ["the sidecar is not running"], [])
         try:
             # Off the event loop: parsing a large policy (up to the loader's 1 MiB bound, a few seconds of pure-Python
@@ -103,11 +107,11 @@ class Sidecar:
             policy = await asyncio.to_thread(self._loader)
         except PolicyError as exc:
             log.error("policy reload refused, the running policy stays:\n%s", exc)
-            self.runtime.metrics.reloads.labels("refused").inc()
+            self.live.runtime.metrics.reloads.labels("refused").inc()
             return ReloadResult(False, [str(p) for p in exc.problems], [])
         except Exception as exc:  # a loader bug must not take the running policy (or the admin port) with it
             log.exception("policy reload failed, the running policy stays")
-            self.runtime.metrics.reloads.labels("refused").inc()
+            self.live.runtime.metrics.reloads.labels("refused").inc()
             return ReloadResult(False, [f"{self.policy.source}: {type(exc).__name__}: {exc}"], [])
         bound_admin = self._bound.admin.listen
         if not bound_admin.is_loopback and not policy.admin.token:
@@ -116,15 +120,15 @@ class Sidecar:
                               f"the admin port stays bound to {bound_admin} (beyond this host) until a restart: "
                               "keep admin.token set")
             log.error("policy reload refused, the running policy stays:\n%s", problem)
-            self.runtime.metrics.reloads.labels("refused").inc()
+            self.live.runtime.metrics.reloads.labels("refused").inc()
             return ReloadResult(False, [str(problem)], [])
         notes = _restart_only_changes(self._bound, policy)
         for note in notes:
             log.warning("policy reload: %s", note)
-        old, new = self.runtime, self.runtime.successor(policy)
-        if new.cache is not old.cache:
+        new = self.live.runtime.successor(policy)
+        if new.cache is not self.live.runtime.cache:
             await new.cache.warm_up()
-        self.runtime = self.pipeline.runtime = self.admin_state.runtime = new
+        old = self.live.swap(new)
         self.policy = policy
         if self._callers is not None:
             self._callers.limits = policy.limits  # connections accepted from now on
@@ -167,9 +171,9 @@ class Sidecar:
             task.cancel()
         for _, (old, new) in retiring:
             await old.retire(new)
-        if self.runtime is not None:
-            await self.runtime.close()
-            self.runtime = None
+        if self.live is not None:
+            await self.live.runtime.close()
+            self.live = None
 
 
 def _restart_only_changes(bound: Policy, new: Policy) -> list[str]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from proxy.deadline import Deadline
 from proxy.errors import Throttled
-from proxy.policy import ThrottleRule
+from proxy.policy import ThrottleRule, Upstream
 from proxy.policy.units import parse_duration
 
 THROTTLE_STATUS = 429
@@ -101,11 +101,17 @@ def throttle_delay(
 
 
 class ThrottleClock:
-    """Per upstream: until when the upstream asked to be left alone."""
+    """Per upstream: until when the upstream asked to be left alone.
+
+    Lifetime: carried over every reload of its upstream (a provider's "slow down" does not end with a new policy)."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream
         self._until = 0.0
+
+    @classmethod
+    def carry(cls, previous: ThrottleClock | None, upstream: Upstream) -> ThrottleClock:
+        return previous if previous is not None else cls(upstream.name)
 
     def note(self, delay: float) -> None:
         self._until = max(self._until, time.monotonic() + delay)

@@ -368,8 +368,13 @@ class LookupScope:
         return self._lookup
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._lookup is not None:
-            self._cache._exit(self._lookup)
+        await self.close()
+
+    async def close(self) -> None:
+        """Leave the single-flight and count the result; once, however often called."""
+        lookup, self._lookup = self._lookup, None
+        if lookup is not None:
+            self._cache._exit(lookup)
 
 
 def _shareable(failure: EgressError) -> bool:

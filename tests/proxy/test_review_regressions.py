@@ -11,8 +11,8 @@ import pytest
 from aiohttp import web
 
 from proxy.errors import UpstreamTimeout
-from proxy.limits import Bulkhead
 from proxy.policy import Limits
+from proxy.stages.bulkhead import Bulkhead
 from tests.proxy.test_cache import call, policy
 from tests.support.upstream import Recorded, delay, numbered, respond, stalled_body
 
@@ -23,19 +23,19 @@ async def test_a_slot_handed_over_just_as_the_pool_wait_times_out_is_not_lost():
     """The releaser hands its slot to the queued request (inflight unchanged) in the same loop turn as that
     request's pool timeout fires: the timed-out request must pass the slot on, or it is gone for good."""
     bulkhead = Bulkhead("u", Limits(max_concurrent=1, max_queue=5))
-    await bulkhead._acquire(1.0)
-    waiting = asyncio.create_task(bulkhead._acquire(0.05))
+    await bulkhead.acquire(1.0)
+    waiting = asyncio.create_task(bulkhead.acquire(0.05))
     await asyncio.sleep(0)  # it is queued now
     assert bulkhead.queued == 1
     loop = asyncio.get_running_loop()
-    loop.call_soon(bulkhead._release)  # runs first in the next turn, the overdue pool timer right after it
+    loop.call_soon(bulkhead.release)  # runs first in the next turn, the overdue pool timer right after it
     time.sleep(0.1)  # noqa: ASYNC251  (blocks the loop on purpose: the pool timeout is overdue when it turns)
     try:
         await waiting
     except UpstreamTimeout:
         pass  # gave up: it must have handed the slot on
     else:
-        bulkhead._release()  # got it: done with it
+        bulkhead.release()  # got it: done with it
     assert (bulkhead.inflight, bulkhead.queued) == (0, 0)
 
 

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from proxy.budget import RetryBudgetWindow
 from proxy.policy.model import RetryBudget
+from proxy.stages.retry import RetryBudgetWindow
 from proxy.window import SlidingCounts
 
 

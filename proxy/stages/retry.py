@@ -1,5 +1,5 @@
-"""The retry loop: backoff with full jitter, the idempotency rule, Retry-After and throttling, the retry
-budget and the deadline, with the breaker gate in front of every attempt.
+"""Stage `retry`, around the attempts: backoff with full jitter, the idempotency rule, Retry-After and throttling,
+the retry budget and the deadline; the loop stops when the breaker opens.
 
 The one rule that matters most: a request that is not idempotent (a WhatsApp send) is replayed only
 when it provably never reached the upstream, or when the upstream said "throttled" (it was rejected,
@@ -9,76 +9,65 @@ not processed). A reset or timeout after the body left is returned to the caller
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-import aiohttp
 import backoff
 
-from proxy.breaker import Breaker, Trial
-from proxy.budget import RetryBudgetWindow
-from proxy.cache.capture import read_capped
+from proxy.breaker import Breaker
 from proxy.deadline import Deadline
-from proxy.errors import EgressError, Throttled
-from proxy.forward import RequestBody, classify, timed_out
+from proxy.errors import CircuitOpen, EgressError, Throttled
+from proxy.exchange import Answer, Exchange, Next, Reply, Stored
+from proxy.forward import RequestBody
 from proxy.metrics import Metrics
-from proxy.policy import IDEMPOTENT_METHODS, Route, ThrottleRule, Timeouts
+from proxy.policy import Route, ThrottleRule, Upstream
+from proxy.policy.model import RetryBudget
 from proxy.throttle import RETRY_AFTER_STATUSES, ThrottleClock, needs_body, retry_after_seconds, throttle_delay
+from proxy.window import SlidingCounts
 
 log = logging.getLogger("egress.retry")
 
-IDEMPOTENCY_KEY = "Idempotency-Key"
-DISCARD_LIMIT = 64 * 1024  # bodies of responses we retry past are drained (keeping the connection) up to this
-DISCARD_WAIT = 1.0  # ... if they arrive within this
 THROTTLE_BODY_LIMIT = 64 * 1024  # a throttle signal is a small JSON error; a larger body is read no further
 
-
-@dataclass(slots=True)
-class Answer:
-    """An upstream response whose headers arrived. `body` is set once the sidecar has read it."""
-
-    response: aiohttp.ClientResponse
-    body: bytes | None = None
-    prefix: bytes = b""  # the start of a body read in part (it outgrew a limit): still owed to the caller
-    throttled: bool = False  # the upstream said "slow down" (a 429, or a throttle rule matched), as judged once
-
-    @property
-    def status(self) -> int:
-        return self.response.status
-
-    async def read_up_to(
-        self, limit: int, within: float | None, upstream: str, timeouts: Timeouts, deadline: Deadline
-    ) -> tuple[bytes, bool]:
-        """The body if it fits in `limit` bytes, else what was read of it (`read_capped`), within `within`
-        seconds. On failure the response is closed and the failure raised as an EgressError."""
-        try:
-            async with asyncio.timeout(within):
-                return await read_capped(self.response.content, limit)
-        except TimeoutError as exc:  # first: the deadline's and aiohttp's read timeouts are OSErrors too
-            self.close()
-            raise timed_out(exc, upstream, timeouts, deadline) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            self.close()
-            raise classify(exc, upstream, timeouts) from exc
-
-    async def discard(self, deadline: Deadline) -> None:
-        """Done with this response without passing it on: keep the connection if that is cheap (a small body
-        that arrives within a second and within the request's deadline), else close it."""
-        length = self.response.content_length
-        if self.body is None and length is not None and length <= DISCARD_LIMIT:
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError, OSError):
-                async with asyncio.timeout(min(DISCARD_WAIT, max(deadline.remaining(), 0.0))):
-                    await self.response.read()
-        self.response.release() if self.body is not None or self.response.closed else self.response.close()
-
-    def close(self) -> None:
-        self.response.close()
-
-
 Outcome = Answer | EgressError
+
+
+class RetryStage:
+    async def __call__(self, ex: Exchange, next: Next) -> Reply:
+        return await RetryLoop(RetryContext.of(ex)).run(ex, next)
+
+
+class RetryBudgetWindow:
+    """Per upstream: retries (and hedges) may add at most `ratio` of recent requests (floor: `min_per_second`).
+    This is what turns a failing upstream into a bounded amount of extra traffic instead of a retry storm.
+
+    Lifetime: carried over a reload while the upstream's budget settings are unchanged (its window is history)."""
+
+    def __init__(self, budget: RetryBudget, window: int = 10) -> None:
+        self.budget = budget
+        self.window = window
+        self._counts = SlidingCounts(("requests", "retries"), window)
+
+    @classmethod
+    def carry(cls, previous: RetryBudgetWindow | None, upstream: Upstream) -> RetryBudgetWindow:
+        budget = upstream.default_route.retry.budget
+        return previous if previous is not None and previous.budget == budget else cls(budget)
+
+    def record_request(self) -> None:
+        self._counts.add("requests")
+
+    def allowance(self) -> float:
+        by_ratio = self.budget.ratio * self._counts.total("requests")
+        return max(by_ratio, self.budget.min_per_second * self.window)
+
+    def try_spend(self) -> bool:
+        """Take one retry from the budget if there is one left."""
+        if self._counts.total("retries") + 1 > self.allowance():
+            return False
+        self._counts.add("retries")
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,21 +94,25 @@ class RetryContext:
     throttle_rules: tuple[ThrottleRule, ...]
     body: RequestBody
     metrics: Metrics
-    attempts: int = 0
+    attempts: int = 0  # tries: attempts this loop made (a hedge is not one of them)
 
-
-def is_idempotent(method: str, route: Route, idempotency_key: str | None) -> bool:
-    return method in IDEMPOTENT_METHODS or route.idempotent or bool(idempotency_key)
-
-
-def breaker_failure(outcome: Outcome, route: Route) -> str | None:
-    """The outcome as the breaker's `count` sees it: a counted failure's name, or None (healthy)."""
-    count = route.breaker.count
-    if isinstance(outcome, EgressError):
-        if outcome.counts_as is not None:
-            return str(outcome.counts_as) if count.matches_status(outcome.counts_as) else None
-        return outcome.outcome if outcome.outcome and count.matches(outcome.outcome) else None
-    return str(outcome.status) if count.matches_status(outcome.status) else None
+    @classmethod
+    def of(cls, ex: Exchange) -> RetryContext:
+        assert ex.target is not None and ex.upstream is not None and ex.deadline is not None and ex.body is not None
+        state, route = ex.upstream, ex.target.route
+        return cls(
+            upstream=state.upstream.name,
+            route=route,
+            method=ex.method,
+            idempotent=ex.idempotent,
+            deadline=ex.deadline,
+            breaker=state.breakers.of(route),
+            budget=state.budget,
+            throttle=state.throttle,
+            throttle_rules=state.upstream.throttle,
+            body=ex.body,
+            metrics=ex.runtime.metrics,
+        )
 
 
 class RetryLoop:
@@ -127,7 +120,7 @@ class RetryLoop:
         self.ctx = ctx
         self._waits: Iterator[float] | None = None  # made on the first retry: most requests never need one
 
-    async def run(self, attempt: Callable[[Trial], Awaitable[Outcome]]) -> Outcome:
+    async def run(self, ex: Exchange, attempt: Next) -> Outcome:
         """Attempts until one is final; returns the last answer or error (never raises EgressError)."""
         ctx = self.ctx
         ctx.budget.record_request()
@@ -135,22 +128,20 @@ class RetryLoop:
         while True:
             try:
                 await ctx.throttle.wait(ctx.deadline)
-                trial = ctx.breaker.admit()
             except EgressError as refused:
-                # A loop stops at once when its breaker opens: the caller gets the last real answer if any,
-                # which is why a retried-past response is only discarded once the next attempt is admitted.
                 return refused if last is None else last
+            if last is not None and not ctx.breaker.admits():
+                # The breaker opened (or its trial is taken): the caller gets the last real answer, which is why
+                # a retried-past answer is only discarded once the next attempt would be admitted.
+                return last
             if isinstance(last, Answer):
-                try:
-                    await last.discard(ctx.deadline)
-                except BaseException:
-                    # Admitted but never attempted (the caller hung up while the old body drained): a
-                    # half-open trial slot that is not given back would keep the breaker refusing forever.
-                    ctx.breaker.abandon(trial)
-                    last.close()
-                    raise
+                await last.discard(ctx.deadline)
             ctx.attempts += 1
-            outcome = await attempt(trial)
+            reply = await attempt(ex)
+            assert not isinstance(reply, Stored)  # below the cache
+            outcome = reply
+            if isinstance(outcome, CircuitOpen):
+                return outcome  # not admitted: nothing was sent
             if isinstance(outcome, Answer) and needs_body(ctx.throttle_rules, outcome.status):
                 outcome = await self._read_small(outcome)
             verdict = self.decide(outcome)

@@ -1,7 +1,8 @@
-"""Bulkheads: at most `max_concurrent` requests in flight per upstream and `max_queue` waiting.
+"""Stage `bulkhead`: at most `max_concurrent` requests in flight per upstream and `max_queue` waiting.
 
-Beyond that the answer is an immediate 503 `overloaded`; a queued request waits at most the route's
-`pool` timeout. A hung upstream can only ever occupy its own slots.
+Beyond that the answer is an immediate 503 `overloaded`; a queued request waits at most the route's `pool`
+timeout, and never past its deadline (504). A hung upstream can only ever occupy its own slots. The slot is held
+until the answer's body has gone through (the answer holds it), not only until its headers arrive.
 """
 
 from __future__ import annotations
@@ -12,15 +13,53 @@ import contextlib
 
 from proxy.deadline import Deadline
 from proxy.errors import Overloaded, UpstreamTimeout
-from proxy.policy import Limits
+from proxy.exchange import Answer, Exchange, Next, Reply
+from proxy.policy import Limits, Upstream
+
+
+class BulkheadStage:
+    async def __call__(self, ex: Exchange, next: Next) -> Reply:
+        assert ex.upstream is not None and ex.target is not None and ex.deadline is not None
+        state = ex.upstream
+        bulkhead = state.bulkhead
+        gauge = state.inflight
+        gauge.inc()
+        try:
+            await bulkhead.acquire(ex.target.route.timeouts.pool, ex.deadline)
+        except BaseException:
+            gauge.dec()
+            raise
+
+        def give_back() -> None:
+            bulkhead.release()
+            gauge.dec()
+
+        try:
+            reply = await next(ex)
+        except BaseException:
+            give_back()
+            raise
+        if isinstance(reply, Answer):
+            reply.hold(give_back)
+        else:
+            give_back()
+        return reply
 
 
 class Bulkhead:
+    """Lifetime: carried over a reload while the upstream's limits are unchanged (its slots are in use)."""
+
     def __init__(self, upstream: str, limits: Limits) -> None:
         self.upstream = upstream
         self.limits = limits
         self.inflight = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+
+    @classmethod
+    def carry(cls, previous: Bulkhead | None, upstream: Upstream) -> Bulkhead:
+        if previous is not None and previous.limits == upstream.limits:
+            return previous
+        return cls(upstream.name, upstream.limits)
 
     @property
     def queued(self) -> int:
@@ -30,7 +69,15 @@ class Bulkhead:
         """`async with bulkhead.slot(pool, deadline):` waits at most `pool`, and never past `deadline`."""
         return Slot(self, pool_timeout, deadline)
 
-    async def _acquire(self, pool_timeout: float, deadline: Deadline | None = None) -> None:
+    def try_acquire(self) -> bool:
+        """A slot now if one is free, without queueing (a hedge: worth sending only if it costs nobody a wait)."""
+        if self.inflight < self.limits.max_concurrent and not self._waiters:
+            self.inflight += 1
+            return True
+        return False
+
+    async def acquire(self, pool_timeout: float, deadline: Deadline | None = None) -> None:
+        """A slot, waiting at most `pool_timeout` and never past `deadline`; give it back with `release`."""
         if self.inflight < self.limits.max_concurrent and not self._waiters:
             self.inflight += 1
             return
@@ -49,7 +96,7 @@ class Bulkhead:
             # The slot may have been handed to us in the very loop turn we gave up in (the pool timeout fired,
             # or the caller hung up): inflight already counts us, so pass the slot on or it is lost for good.
             if waiter.done() and not waiter.cancelled():
-                self._release()
+                self.release()
             if isinstance(exc, TimeoutError):
                 if deadline is not None and wait < pool_timeout:  # the request's time ran out first
                     raise UpstreamTimeout("total", deadline.budget, upstream=self.upstream, sent=False) from None
@@ -59,7 +106,7 @@ class Bulkhead:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
 
-    def _release(self) -> None:
+    def release(self) -> None:
         while self._waiters:
             waiter = self._waiters.popleft()
             if not waiter.done():
@@ -79,7 +126,7 @@ class Slot:
         self._deadline = deadline
 
     async def __aenter__(self) -> None:
-        await self._bulkhead._acquire(self._pool_timeout, self._deadline)
+        await self._bulkhead.acquire(self._pool_timeout, self._deadline)
 
     async def __aexit__(self, *exc_info: object) -> None:
-        self._bulkhead._release()
+        self._bulkhead.release()
