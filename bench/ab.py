@@ -1,12 +1,13 @@
-"""A/B two builds of the sidecar: `python -m bench.ab TREE_A TREE_B [--target refusal|forward] [--rounds 6]`.
+"""A/B two builds of the sidecar: `python -m bench.ab TREE_A TREE_B [--target refusal|forward|hit] [--rounds 6]`.
 
 On a noisy machine one run of the overhead benchmark differs from the next by more than a hot-path change is
 worth. An A/B cancels the drift: both builds' sidecars run side by side on the proxy core (one loaded at a time),
 wrk runs alternate between them, and the medians of their CPU time per request are compared. A tree is any
 checkout (`git worktree add DIR REV`, or `git archive REV | tar -x -C DIR`): its `proxy/` package is the one that
 runs. Policy, upstream (nginx, else the aiohttp one) and core layout are the overhead benchmark's. Targets:
-`refusal` (the `tripped` upstream, its breaker opened on the admin port) and `forward` (the small JSON file,
-through the `static` upstream).
+`refusal` (the `tripped` upstream, its breaker opened on the admin port), `forward` (the small JSON file,
+through the `static` upstream) and `hit` (the same file from the memory cache: the `cached` route, primed by the
+warm-up).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from statistics import median
 from bench.loadgen import require_wrk, wrk
 from bench.processes import LOOPBACK, Processes, core_layout, cpu_seconds, free_ports, wait_http
 from bench.stack import (
+    CACHED,
     SMALL,
     STATIC,
     TRIPPED,
@@ -62,7 +64,7 @@ def measure(build: Build, seconds: float, core: int | None) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trees", nargs=2, type=Path, help="two checkouts: A (the baseline) and B")
-    parser.add_argument("--target", choices=["refusal", "forward"], default="refusal")
+    parser.add_argument("--target", choices=["refusal", "forward", "hit"], default="refusal")
     parser.add_argument("--rounds", type=int, default=6, help="runs per build, alternating (default: 6)")
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per run (default: 3)")
     args = parser.parse_args()
@@ -80,7 +82,7 @@ def main() -> None:
             sidecar = start_build(procs, tmp, label, tree.resolve(), upstream, server)
             if args.target == "refusal":
                 admin_post(sidecar, f"/breakers/{TRIPPED}/open")
-            path = TRIPPED if args.target == "refusal" else STATIC
+            path = {"refusal": TRIPPED, "forward": STATIC, "hit": CACHED}[args.target]
             builds.append(Build(label, sidecar, f"{sidecar.url}/{path}/{SMALL}", []))
         for build in builds:
             wrk(build.url, CONNECTIONS, 1.0, client)  # warm-up

@@ -1,15 +1,14 @@
 """Circuit breakers: pybreaker's state machine, driven from asyncio.
 
-pybreaker's own async helper needs tornado, so the sidecar drives the state machine itself: `admit()`
-before an attempt (fail fast while open, let exactly one trial through when half-open) and `record()`
-after it, which replays the attempt's outcome through `CircuitBreaker.call` so pybreaker does the
-counting, the transitions and the listener calls. Nothing here blocks: pybreaker's lock is a
+The retry loop asks `admit()` before an attempt (fail fast while open, let exactly one trial through when
+half-open) and tells `record()` its verdict after it; pybreaker does the counting, the transitions and the listener
+calls. pybreaker only takes a verdict through a guarded call, so `proxy.adapters.settle` hands it one (its docstring
+says why nothing public fits better); the rest is pybreaker's public API. Nothing here blocks: pybreaker's lock is a
 threading.RLock that is never contended on the event loop thread.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections import Counter
@@ -18,28 +17,13 @@ from typing import Any
 
 import pybreaker
 
+from proxy.adapters import settle
 from proxy.errors import CircuitOpen
 from proxy.policy import BreakerPolicy
 
 log = logging.getLogger("egress.breaker")
 
 STATE_VALUES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreaker.STATE_OPEN: 2}
-
-
-class CountedFailure(Exception):
-    """An attempt outcome the breaker's `count` list names (connect_error, timeout, 5xx, 401...)."""
-
-    def __init__(self, outcome: str) -> None:
-        super().__init__(outcome)
-        self.outcome = outcome
-
-
-def _succeed() -> None:
-    return None
-
-
-def _fail(outcome: str) -> None:
-    raise CountedFailure(outcome)
 
 
 @dataclass(slots=True)
@@ -158,11 +142,7 @@ class Breaker:
             return  # a late answer from before the breaker opened says nothing about now
         if failure is None and not trial.is_trial and self._cb.fail_counter == 0:
             return  # the common case: healthy and staying so; nothing for the state machine to do
-        with contextlib.suppress(CountedFailure, pybreaker.CircuitBreakerError):
-            if failure is None:
-                self._cb.call(_succeed)
-            else:
-                self._cb.call(_fail, failure)
+        settle(self._cb, failure)
 
     def abandon(self, trial: Trial) -> None:
         """The attempt ended without a verdict (caller went away): free the trial slot, count nothing."""

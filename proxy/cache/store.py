@@ -19,12 +19,12 @@ import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from aiocache import RedisCache
 from aiocache.serializers import NullSerializer
 from prometheus_client import Counter
 
+from proxy.adapters import MemoryBackend, RedisBackend
 from proxy.cache.keys import MARKER_PREFIX
-from proxy.cache.memory import BoundedMemoryCache
+from proxy.cache.memory import BoundedLru
 from proxy.metrics import Metrics
 from proxy.policy import CacheSettings
 
@@ -42,13 +42,6 @@ class BytesSerializer(NullSerializer):  # type: ignore[misc]  # aiocache ships n
     DEFAULT_ENCODING = None
 
 
-class RedisBackend(RedisCache):  # type: ignore[misc]  # aiocache ships no type hints
-    """aiocache's Redis cache, closed with redis-py's `aclose()` (aiocache 0.12.3 calls the deprecated `close()`)."""
-
-    async def _close(self, *args: Any, _conn: Any = None, **kwargs: Any) -> None:
-        await self.client.aclose()
-
-
 class Store:
     def __init__(self, backend: Any, name: str, errors: Counter) -> None:
         self.backend = backend  # an aiocache BaseCache
@@ -58,8 +51,11 @@ class Store:
         self._closed = False
         self._warned_at = float("-inf")
         # In-process reads cannot fail or wait: they skip aiocache's per-call layers (timeout, plugins, hooks),
-        # which cost more than the read itself. Writes still go through aiocache (TTL timers, eviction).
-        self._local = backend if isinstance(backend, BoundedMemoryCache) else None
+        # which cost more than the read itself, and read the LRU itself. Writes still go through aiocache.
+        self._local: BoundedLru | None = None
+        if isinstance(backend, MemoryBackend):
+            assert backend.namespace is None  # else aiocache's keys would not be the ones read here
+            self._local = backend.lru
 
     @property
     def local(self) -> bool:
@@ -67,7 +63,7 @@ class Store:
 
     async def get(self, key: str) -> bytes | None:
         if self._local is not None:
-            value = self._local.peek(self._local.build_key(key))
+            value = self._local.peek(key)
         else:
             value = await self._guarded("get", lambda: self.backend.get(key))
         return value if isinstance(value, bytes) else None
@@ -75,7 +71,7 @@ class Store:
     async def get_many(self, keys: Sequence[str]) -> list[Any] | None:
         """One round trip (MGET); None when the backend could not answer (not the same as "all missing")."""
         if self._local is not None:
-            return [self._local.peek(self._local.build_key(key)) for key in keys]
+            return [self._local.peek(key) for key in keys]
         values = await self._guarded("multi_get", lambda: self.backend.multi_get(list(keys)))
         return list(values) if values is not None else None
 
@@ -143,10 +139,10 @@ def open_store(settings: CacheSettings, metrics: Metrics) -> Store:
         return Store(_redis(settings), "redis", metrics.cache_errors)
     # No per-call timeout in process: these calls never wait, and aiocache's would cost a task per call.
     # Vary markers ride along with their entries: they must not take an entry's place nor count as one.
-    memory = BoundedMemoryCache(settings.max_entries, settings.max_bytes, uncounted=MARKER_PREFIX, timeout=None)
-    metrics.cache_entries.set_function(lambda: memory.ledger.entries)
-    metrics.cache_bytes.set_function(lambda: memory.ledger.bytes)
-    return Store(memory, "memory", metrics.cache_errors)
+    lru = BoundedLru(settings.max_entries, settings.max_bytes, uncounted=MARKER_PREFIX)
+    metrics.cache_entries.set_function(lambda: lru.entries)
+    metrics.cache_bytes.set_function(lambda: lru.bytes)
+    return Store(MemoryBackend(lru, timeout=None), "memory", metrics.cache_errors)
 
 
 def _redis(settings: CacheSettings) -> RedisBackend:
