@@ -53,7 +53,7 @@ __all__ = ["HTTP_METHODS", "compile_glob", "load_policy", "parse_policy"]
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 DEFAULT_LISTEN: Address = schema.LISTEN.default
-DEFAULT_ADMIN: Address = schema.ADMIN.field("listen").default  # type: ignore[union-attr]
+DEFAULT_ADMIN: Address = schema.ADMIN_LISTEN.default
 
 
 def _value(entries: Mapping[str, Located], level: Level, key: str, inherited: Any = None) -> Any:
@@ -155,7 +155,7 @@ def _build(root: Located) -> Policy | None:
         admin=admin or AdminSettings(DEFAULT_ADMIN),
         upstreams=MappingProxyType(upstreams),
         cache=cache,
-        shutdown_grace=grace if grace is not None else 10.0,
+        shutdown_grace=grace if grace is not None else schema.default_of(Policy, "shutdown_grace"),
         limits=limits,
         redact=redact or Redaction(),
     )
@@ -185,11 +185,10 @@ def _admin(node: Located | None) -> AdminSettings | None:
     """`admin: 127.0.0.1:9901` is short for `admin: {listen: 127.0.0.1:9901}`."""
     if node is None:
         return AdminSettings(DEFAULT_ADMIN)
-    section = schema.ADMIN
     if not node.node.tag.endswith(":map"):
-        address = node.read(section.field("listen").kind.read)  # type: ignore[union-attr]
+        address = node.read(schema.ADMIN_LISTEN.kind.read)
         return AdminSettings(address) if address else None
-    return node.read(lambda n: schema.read(section, n, None, "top"))
+    return node.read(lambda n: schema.read(schema.ADMIN, n, None, "top"))
 
 
 def _upstreams(node: Located | None, defaults: Inherited) -> dict[str, Upstream]:

@@ -9,11 +9,9 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from proxy.policy.model import Policy
 from proxy.policy.schema import (
@@ -27,6 +25,7 @@ from proxy.policy.schema import (
     Group,
     Level,
     Node,
+    default_of,
     keys_at,
 )
 
@@ -36,22 +35,12 @@ TABLE_START = "<!-- policy-table:start -->"  # the README region `make policy-ta
 TABLE_END = "<!-- policy-table:end -->"
 
 
-def _model_default(model: type, name: str) -> Any:
-    for f in dataclasses.fields(model):
-        if f.name == name:
-            if f.default is not dataclasses.MISSING:
-                return f.default
-            if f.default_factory is not dataclasses.MISSING:
-                return f.default_factory()
-    return FROM_MODEL  # none
-
-
 def _default_text(f: Field, model: type) -> str:
     if f.required:
         return "required"
     if f.default_text:
         return f"`{f.default_text}`"
-    value = f.default if f.default is not FROM_MODEL else _model_default(model, f.name)
+    value = f.default if f.default is not FROM_MODEL else default_of(model, f.name)
     if value is FROM_MODEL or value is None:
         return "none"
     return f"`{f.kind.text(value)}`"
@@ -81,7 +70,7 @@ def _rows(node: Node, path: str, levels: frozenset[Level], model: type) -> Itera
         here = node.levels or levels
         name = f"{path}{node.key}{'[]' if node.many else ''}"
         if node.doc:  # a section a route may leave out (`cache`, `hedge`) is none by default
-            absent = "none" if _model_default(model, node.key) is None else ""
+            absent = "none" if default_of(model, node.key) is None else ""
             yield name, _where(here), absent, node.doc
         for child in node.fields:
             yield from _rows(child, f"{name}.", here, node.model)

@@ -353,7 +353,6 @@ class Group:
     doc: str
     levels: frozenset[Level]
     shape: Literal["one", "named", "list"] = "one"
-    required: str = ""
 
     @property
     def name(self) -> str:
@@ -380,8 +379,9 @@ def _codes_need_a_field(rule: ThrottleRule, _: Any, __: Located) -> None:
 # -- the schema ----------------------------------------------------------------------------------------
 
 LISTEN = Field("listen", ADDRESS, "data plane address", TOP, default=Address("127.0.0.1", 8081))
+ADMIN_LISTEN = Field("listen", ADDRESS, "admin address", default=Address("127.0.0.1", 9901))
 ADMIN = Section("admin", AdminSettings, (
-    Field("listen", ADDRESS, "admin address", default=Address("127.0.0.1", 9901)),
+    ADMIN_LISTEN,
     Field("token", OPTIONAL_TEXT, "when set, mutating admin endpoints need `Authorization: Bearer <token>`; required "
           "when `admin` is beyond loopback", secret=True),
 ), "the admin port: its address alone (`admin: 127.0.0.1:9901`), or `{listen: ..., token: ...}`", TOP)
@@ -510,6 +510,17 @@ SCHEMA: tuple[Node, ...] = (
 INHERITED: tuple[Section, ...] = tuple(n for n in SCHEMA if isinstance(n, Section) and "defaults" in n.levels)
 
 
+def default_of(model: type, name: str) -> Any:
+    """The model dataclass's default for attribute `name`; FROM_MODEL when it has none."""
+    for f in dataclasses.fields(model):
+        if f.name == name:
+            if f.default is not dataclasses.MISSING:
+                return f.default
+            if f.default_factory is not dataclasses.MISSING:
+                return f.default_factory()
+    return FROM_MODEL
+
+
 def keys_at(level: Level) -> tuple[str, ...]:
     return tuple(n.key for n in SCHEMA if level in n.levels)
 
@@ -556,7 +567,8 @@ def read_section(section: Section, node: Located, inherited: Any, level: Level) 
     for key, child in entries.items():
         f = section.field(key)
         if f.levels and level not in f.levels:
-            child.report_at_key(f.elsewhere)
+            where = ", ".join(lv for lv in LEVELS if lv in f.levels)
+            child.report_at_key(f.elsewhere or f"not a setting of this level (only of: {where})")
             continue
         current = getattr(inherited, f.name) if inherited is not None else None
         try:
