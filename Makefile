@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 POLICY ?= config/policy.yaml
 
-.PHONY: install run sidecar test lint typecheck unit bench soak clean
+.PHONY: install run sidecar test lint typecheck unit bench soak policy-table clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ unit: install
 	$(VENV)/bin/pytest -q
 
 test: lint typecheck unit
+
+# README.md's policy reference table, from proxy/policy/schema.py (tests/policy/test_schema.py fails when stale).
+policy-table: install
+	$(PY) -m proxy.policy.reference --readme README.md
 
 bench: install
 	$(PY) -m bench.overhead

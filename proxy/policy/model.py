@@ -185,8 +185,8 @@ class RouteCache:
 
 @dataclass(frozen=True, slots=True)
 class Hedge:
-    """For idempotent requests: when the first attempt has not answered after `after` seconds, send up to `max`
-    more; the first answer wins."""
+    """For idempotent requests: when the first attempt has not answered after `after` seconds, up to `max` more go
+    out; the first answer wins."""
 
     after: float
     max: int = 1
@@ -205,7 +205,7 @@ class Route:
     breaker_name: str  # the upstream's name, or `upstream.route` for a route with its own breaker
     idempotent: bool = False
     cache: RouteCache | None = None
-    hedge: Hedge | None = None
+    hedge: Hedge | None = None  # None: no hedging
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and self.pattern.fullmatch(path)

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from proxy.policy.render import REDACTED, redact_query
+from proxy.policy.redact import REDACTED, redact_query
 from proxy.policy.units import parse_duration, parse_size
 
 T = TypeVar("T")

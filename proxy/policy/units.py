@@ -56,3 +56,11 @@ def format_duration(seconds: float) -> str:
     if seconds == int(seconds):
         return f"{int(seconds)}s"
     return f"{seconds}s"
+
+
+def format_size(size: int) -> str:
+    """`1MiB` for 1048576: the largest binary unit that divides the size, else bytes."""
+    for unit in ("GiB", "MiB", "KiB"):
+        if size and size % _SIZE_UNITS[unit] == 0:
+            return f"{size // _SIZE_UNITS[unit]}{unit}"
+    return str(size)

@@ -102,9 +102,9 @@ def test_the_effective_policy_has_the_defaults_merged():
         "attempts": 3,
         "backoff": {"base": "100ms", "max": "2s"},
         "on": ["connect_error", "reset", "timeout", 502, 503, 504],
-        "budget": {"ratio": 0.2, "min_per_second": 5.0},
         "max_body": 1024 * 1024,
     }
+    assert gemini["retry"] == {"budget": {"ratio": 0.2, "min_per_second": 5.0}}  # per upstream, not per route
     assert generate["breaker"] == {
         "name": "gemini", "failures": 5, "reset_after": "30s", "count": ["connect_error", "timeout", 401, 403, "5xx"]
     }
