@@ -6,13 +6,13 @@ absolute-form targets and CONNECT are refused, and no path can climb out of the 
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
 
 from proxy.errors import BadRequest, MethodNotAllowed, NoRoute
+from proxy.memo import Memo
 from proxy.policy import Route, Upstream
 
 
@@ -49,11 +49,12 @@ MEMO_TARGET_LENGTH = 256
 class Router:
     def __init__(self, upstreams: Mapping[str, Upstream]) -> None:
         self._upstreams = dict(upstreams)
-        self._memo = functools.lru_cache(maxsize=MEMO_SIZE)(self._match)  # a Target is immutable
+        self._memo: Memo[tuple[str, str], Target] = Memo(MEMO_SIZE)  # a Target is immutable
+        self._match_key = lambda key: self._match(*key)  # made once, not per request
 
     def resolve(self, method: str, raw_target: str) -> Target:
         if len(raw_target) <= MEMO_TARGET_LENGTH:
-            return self._memo(method, raw_target)
+            return self._memo.get((method, raw_target), self._match_key)
         return self._match(method, raw_target)
 
     def _match(self, method: str, raw_target: str) -> Target:
