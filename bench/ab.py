@@ -6,8 +6,8 @@ wrk runs alternate between them, and the medians of their CPU time per request a
 checkout (`git worktree add DIR REV`, or `git archive REV | tar -x -C DIR`): its `proxy/` package is the one that
 runs. Policy, upstream (nginx, else the aiohttp one) and core layout are the overhead benchmark's. Targets:
 `refusal` (the `tripped` upstream, its breaker opened on the admin port), `forward` (the small JSON file,
-through the `static` upstream) and `hit` (the same file from the memory cache: the `cached` route, primed by the
-warm-up).
+through the `static` upstream) and `hit` (the same file on the `cached` upstream's caching route, stored before
+anything is measured, so every measured request is a memory-cache HIT).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
@@ -35,6 +36,8 @@ from bench.stack import (
 )
 
 CONNECTIONS = 32
+PATHS = {"refusal": TRIPPED, "forward": STATIC, "hit": CACHED}  # the upstream each target's requests name
+CACHE_HEADER = "X-Egress-Cache"
 
 
 @dataclass
@@ -55,6 +58,18 @@ def start_build(procs: Processes, tmp: Path, label: str, tree: Path, upstream: s
     return sidecar
 
 
+def require_hit(url: str) -> None:
+    """Store the cached route's answer (the first GET is a MISS that fills) and check the next one is a HIT: a
+    build that does not cache the route would otherwise be measured forwarding, and the A/B would mean nothing."""
+    results = []
+    for _ in range(2):
+        with urllib.request.urlopen(url, timeout=5) as response:
+            response.read()
+            results.append(response.headers.get(CACHE_HEADER))
+    if results[-1] != "HIT":
+        raise SystemExit(f"{url}: expected a cache HIT once stored, got {CACHE_HEADER}: {results}")
+
+
 def measure(build: Build, seconds: float, core: int | None) -> float:
     before = cpu_seconds(build.sidecar.pid)
     sample = wrk(build.url, CONNECTIONS, seconds, core)
@@ -64,7 +79,7 @@ def measure(build: Build, seconds: float, core: int | None) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trees", nargs=2, type=Path, help="two checkouts: A (the baseline) and B")
-    parser.add_argument("--target", choices=["refusal", "forward", "hit"], default="refusal")
+    parser.add_argument("--target", choices=sorted(PATHS), default="refusal")
     parser.add_argument("--rounds", type=int, default=6, help="runs per build, alternating (default: 6)")
     parser.add_argument("--seconds", type=float, default=3.0, help="seconds per run (default: 3)")
     args = parser.parse_args()
@@ -82,8 +97,10 @@ def main() -> None:
             sidecar = start_build(procs, tmp, label, tree.resolve(), upstream, server)
             if args.target == "refusal":
                 admin_post(sidecar, f"/breakers/{TRIPPED}/open")
-            path = {"refusal": TRIPPED, "forward": STATIC, "hit": CACHED}[args.target]
-            builds.append(Build(label, sidecar, f"{sidecar.url}/{path}/{SMALL}", []))
+            url = f"{sidecar.url}/{PATHS[args.target]}/{SMALL}"
+            if args.target == "hit":
+                require_hit(url)
+            builds.append(Build(label, sidecar, url, []))
         for build in builds:
             wrk(build.url, CONNECTIONS, 1.0, client)  # warm-up
         for _ in range(args.rounds):

