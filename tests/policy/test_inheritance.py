@@ -232,7 +232,7 @@ def test_the_shipped_figures_operators_asked_for(shipped):
     for method, path, name in [
         ("GET", "/rest/v1/bot_profiles", "bot_profile"),
         ("PATCH", "/rest/v1/accounts", "accounts"),
-        ("GET", "/rest/v1/messages", "rest"),
+        ("GET", "/rest/v1/messages", "rest_read"),
         ("POST", "/rest/v1/rpc/thing", "rest"),
     ]:
         route = supabase.route_for(method, path)
