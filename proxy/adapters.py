@@ -1,5 +1,5 @@
 """Where the sidecar needs more of pybreaker and aiocache than their public calls express, and why. Everything else
-of theirs is used through public API where it belongs (`proxy/breaker.py`, `proxy/runtime.py`, `proxy/cache/store.py`).
+of theirs is used through public API where it belongs (`proxy/stages/breaker.py`, `proxy/cache/store.py`).
 Line numbers are those of the pinned versions (pybreaker 1.4.1, aiocache 0.12.3).
 
 pybreaker: feeding it an attempt's verdict (`settle`)

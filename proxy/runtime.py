@@ -20,13 +20,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from proxy.breaker import Breaker
 from proxy.cache import ResponseCache
 from proxy.forward import Forwarder, Pools
 from proxy.metrics import Metrics
 from proxy.policy import Policy, Upstream
 from proxy.routing import Router
-from proxy.stages.breaker import Breakers, BreakerTelemetry
+from proxy.stages.breaker import Breaker, Breakers, BreakerTelemetry
 from proxy.stages.bulkhead import Bulkhead
 from proxy.stages.retry import RetryBudgetWindow
 from proxy.throttle import ThrottleClock

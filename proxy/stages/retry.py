@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 import backoff
 
-from proxy.breaker import Breaker
 from proxy.deadline import Deadline
 from proxy.errors import CircuitOpen, EgressError, Throttled
 from proxy.exchange import Answer, Exchange, Next, Reply, Stored
@@ -24,6 +23,7 @@ from proxy.forward import RequestBody
 from proxy.metrics import Metrics
 from proxy.policy import Route, ThrottleRule, Upstream
 from proxy.policy.model import RetryBudget
+from proxy.stages.breaker import Breaker
 from proxy.throttle import RETRY_AFTER_STATUSES, ThrottleClock, needs_body, retry_after_seconds, throttle_delay
 from proxy.window import SlidingCounts
 

@@ -9,9 +9,9 @@ from typing import Any
 import pybreaker
 import pytest
 
-from proxy.breaker import Breaker, Trial
 from proxy.errors import CircuitOpen
 from proxy.policy import BreakerPolicy
+from proxy.stages.breaker import Breaker, Trial
 
 RESET_AFTER = 0.2
 PAST_RESET = RESET_AFTER + 0.05
