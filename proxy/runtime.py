@@ -8,7 +8,7 @@
     retry budget window        carried while its settings are unchanged         stages.retry.RetryBudgetWindow.carry
     throttle clock             carried always (per upstream name)               throttle.ThrottleClock.carry
     connection pools           carried while URL and idle bounds are unchanged  forward.Pools.carry
-    response cache             carried while `cache` settings are unchanged     Runtime (ResponseCache)
+    response cache             carried while `cache` settings are unchanged     cache.ResponseCache.carry
     recent attempt counts      carried always (per upstream name)               UpstreamState
 
 One owner, handed out through one `LiveRuntime` reference that a reload swaps in one place; a request keeps the
@@ -91,12 +91,7 @@ class Runtime:
             name: UpstreamState(u, self.metrics, self.telemetry, before.get(name))
             for name, u in policy.upstreams.items()
         }
-        # The cache holds settings, not routes: a reload keeps it (and its entries) unless its settings change.
-        self.cache: ResponseCache = (
-            previous.cache
-            if previous is not None and previous.policy.cache == policy.cache
-            else ResponseCache.open(policy.cache, self.metrics)
-        )
+        self.cache = ResponseCache.carry(previous.cache if previous else None, policy.cache, self.metrics)
 
     @property
     def breakers(self) -> dict[str, Breaker]:

@@ -131,6 +131,14 @@ class ResponseCache:
         secret = key_secret(settings)
         return cls(settings, open_store(settings, metrics), KeyMaker(secret), metrics)
 
+    @classmethod
+    def carry(cls, previous: ResponseCache | None, settings: CacheSettings, metrics: Metrics) -> ResponseCache:
+        """Lifetime: carried over a reload, entries and all, while the `cache` settings are unchanged (it holds
+        settings, not routes); the runtime that drops it closes it (`Runtime.retire`)."""
+        if previous is not None and previous.settings == settings:
+            return previous
+        return cls.open(settings, metrics)
+
     @property
     def max_body(self) -> int:
         return self.settings.max_body
