@@ -91,7 +91,8 @@ class Runtime:
             name: UpstreamState(u, self.metrics, self.telemetry, before.get(name))
             for name, u in policy.upstreams.items()
         }
-        self.cache = ResponseCache.carry(previous.cache if previous else None, policy.cache, self.metrics)
+        was = previous.cache if previous is not None else None
+        self.cache: ResponseCache = ResponseCache.carry(was, policy.cache, self.metrics)
 
     @property
     def breakers(self) -> dict[str, Breaker]:
