@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import copy
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import aiohttp
@@ -142,7 +142,7 @@ class Exchange:
     cache: str | None = None  # cache: HIT, MISS, STALE...
     # After the answer went out (a cache write: a slow Redis delays nobody's response), before the connection's
     # next request is read.
-    after: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    after: list[Callable[[], Awaitable[None]]] | None = None  # see `defer`: most requests need none
     # respond, for the access log
     status: int = 0
     error: str | None = None
@@ -156,6 +156,13 @@ class Exchange:
         if self.cache:
             headers[CACHE_HEADER] = self.cache
         return headers
+
+    def defer(self, then: Callable[[], Awaitable[None]]) -> None:
+        """Run `then` once the answer went out (or the request ended otherwise), in the order deferred."""
+        if self.after is None:
+            self.after = [then]
+        else:
+            self.after.append(then)
 
     def as_hedge(self) -> Exchange:
         """The exchange a hedged attempt runs with: the same request, marked (see `hedge`)."""

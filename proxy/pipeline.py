@@ -90,8 +90,9 @@ class Pipeline:
             ex.broken = "client_disconnected"  # the caller hung up; its upstream call was cancelled
             raise
         finally:
-            for then in ex.after:  # even for a caller that left: a single-flight always finishes
-                await then()
+            if ex.after is not None:
+                for then in ex.after:  # even for a caller that left: a single-flight always finishes
+                    await then()
             self.active -= 1  # first: a failing access log must not keep a graceful stop waiting
             if self.active == 0 and self._drained is not None:
                 self._drained.set()

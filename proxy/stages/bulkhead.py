@@ -12,7 +12,7 @@ import collections
 import contextlib
 
 from proxy.deadline import Deadline
-from proxy.errors import Overloaded, UpstreamTimeout
+from proxy.errors import EgressError, Overloaded, UpstreamTimeout
 from proxy.exchange import Answer, Exchange, Next, Reply
 from proxy.policy import Limits, Upstream
 
@@ -26,6 +26,9 @@ class BulkheadStage:
         gauge.inc()
         try:
             await bulkhead.acquire(ex.target.route.timeouts.pool, ex.deadline)
+        except EgressError as refused:  # returned, not raised: the cache above may serve STALE instead
+            gauge.dec()
+            return refused
         except BaseException:
             gauge.dec()
             raise

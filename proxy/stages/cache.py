@@ -51,7 +51,7 @@ async def _read(cache: ResponseCache, plan: ReadPlan, ex: Exchange, next: Next) 
         streaming = isinstance(reply, Answer)
         if streaming:
             cache.release(lookup)  # followers get the entry (or go on by themselves) now, not after the stream
-            ex.after.append(scope.close)
+            ex.defer(scope.close)
         return reply
     finally:
         if not streaming:
@@ -85,7 +85,7 @@ def _keep(cache: ResponseCache, lookup: Lookup, ex: Exchange, reply: Answer, bod
     if body is not None:
         storing = cache.keep(lookup, reply.status, reply.response.headers, body)
         if storing is not None:
-            ex.after.append(storing)
+            ex.defer(storing)
 
 
 async def _capture(cache: ResponseCache, ex: Exchange, answer: Answer) -> bytes | None:

@@ -389,6 +389,20 @@ async def test_a_stale_entry_stands_in_while_the_breaker_is_open(upstream, make_
     assert len(upstream.requests) == 1
 
 
+async def test_a_stale_entry_stands_in_while_the_upstream_is_overloaded(upstream, make_sidecar, client):
+    # The bulkhead's refusal is a failure like any other to the cache above it (it was once raised past the cache).
+    upstream.script(numbered(), delay(1, respond(200, b"slow")))
+    one_slot = "retry: {attempts: 1}\n        limits: {max_concurrent: 1, max_queue: 0}"
+    sc = await make_sidecar(policy(upstream, STALE_RULE).replace("retry: {attempts: 1}", one_slot))
+    url = sc.url + "/supabase/rest/v1/bot_profiles"
+    await expired_entry(client, url)
+    busy = asyncio.create_task(call(client, sc.url + "/supabase/rest/v1/plain"))  # holds the one slot
+    await asyncio.sleep(0.2)
+    reply = await call(client, url)
+    assert (reply[0], reply[2], state(reply)) == (200, b"1", "STALE")
+    assert (await busy)[0] == 200
+
+
 async def test_a_fresh_answer_replaces_the_stale_one(upstream, make_sidecar, client):
     upstream.default = numbered()
     sc = await make_sidecar(policy(upstream, STALE_RULE))
