@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Iterator, Sequence
 from email.utils import parsedate_to_datetime
@@ -17,24 +18,35 @@ from typing import Any
 from proxy.deadline import Deadline
 from proxy.errors import Throttled
 from proxy.policy import ThrottleRule, Upstream
-from proxy.policy.units import parse_duration
+from proxy.policy.units import MAX_DURATION, parse_duration
 
 THROTTLE_STATUS = 429
 RETRY_AFTER_STATUSES = frozenset({429, 503})
 
 
 def retry_after_seconds(value: str | None) -> float | None:
-    """`Retry-After: 7` or `Retry-After: Wed, 21 Oct 2026 07:28:00 GMT` -> seconds from now."""
+    """`Retry-After: 7` or `Retry-After: Wed, 21 Oct 2026 07:28:00 GMT` -> seconds from now (at most a year);
+    None for anything else. Never raises: the header is the upstream's text, whatever it is."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():  # DIGIT is ASCII (RFC 9110 §10.2.3): str.isdigit() alone takes "²"
+        return _bounded(float(value))
     try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+        when = parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    return max(0.0, when.timestamp() - time.time())
+    return _bounded(max(0.0, when - time.time()))
+
+
+def _bounded(seconds: float) -> float | None:
+    """A delay an upstream asked for, as the rest of the sidecar can use it: None when it is no delay (negative,
+    NaN), at most a year (MAX_DURATION, like any duration in the policy). An unbounded one (`Retry-After: 999...9`
+    is infinity as a float, so is `1e400` in a JSON body) held the upstream's ThrottleClock for ever and crashed
+    the refusal's advice (`round(inf)`)."""
+    if math.isnan(seconds) or seconds < 0:
+        return None
+    return min(seconds, MAX_DURATION)
 
 
 def _walk(data: Any, path: str) -> Iterator[Any]:
@@ -57,7 +69,10 @@ def _walk(data: Any, path: str) -> Iterator[Any]:
 
 def _delay_value(raw: Any) -> float | None:
     if isinstance(raw, (int, float)) and not isinstance(raw, bool):
-        return float(raw)
+        try:
+            return _bounded(float(raw))
+        except OverflowError:  # a JSON integer past a float's range
+            return MAX_DURATION
     if isinstance(raw, str):
         text = raw.strip()
         try:
