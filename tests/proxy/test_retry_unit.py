@@ -13,7 +13,6 @@ import pybreaker
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
-from proxy.breaker import Breaker
 from proxy.deadline import Deadline
 from proxy.errors import (
     EgressError,
@@ -29,6 +28,7 @@ from proxy.metrics import Metrics
 from proxy.policy import Route, parse_policy
 from proxy.policy.model import RetryBudget
 from proxy.policy.units import MAX_DURATION
+from proxy.stages.breaker import Breaker
 from proxy.stages.retry import RetryBudgetWindow, RetryContext, RetryLoop, Verdict
 from proxy.throttle import ThrottleClock
 from tests.support.upstream import Behaviour, FaultyUpstream, respond
