@@ -133,7 +133,9 @@ class RetryPolicy:
 class BreakerPolicy:
     failures: int = 5
     reset_after: float = 30.0
-    count: Conditions = Conditions(names=frozenset({"connect_error", "timeout"}), classes=frozenset({5}))
+    # A reset counts: after the body left it is still the upstream's failure, and a WhatsApp that reset every send
+    # must open its breaker (it did not while `reset` was left out).
+    count: Conditions = Conditions(names=frozenset({"connect_error", "reset", "timeout"}), classes=frozenset({5}))
 
 
 @dataclass(frozen=True, slots=True)

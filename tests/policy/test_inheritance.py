@@ -250,7 +250,7 @@ def test_the_shipped_retry_breaker_and_throttle(shipped):
     assert generate.retry.attempts == 3
     assert (generate.retry.backoff.base, generate.retry.backoff.max) == (0.1, 2.0)
     assert generate.retry.on.describe() == ["connect_error", "reset", "timeout", 502, 503, 504]
-    assert generate.breaker.count.describe() == ["connect_error", "timeout", 401, 403, "5xx"]
+    assert generate.breaker.count.describe() == ["connect_error", "reset", "timeout", 401, 403, "5xx"]
     assert generate.breaker_name == "gemini"
     [rule] = gemini.throttle
     assert (rule.status, rule.delay_field, rule.delay) == (429, "error.details[].retryDelay", 1.0)
@@ -260,7 +260,7 @@ def test_the_shipped_retry_breaker_and_throttle(shipped):
     assert (rule.status, rule.field, rule.codes, rule.delay) == (400, "error.code", {"130429", "131056"}, 5.0)
     send = whatsapp.route_for("POST", "/v19.0/12345/messages")
     assert (send.name, send.idempotent, send.retry.attempts) == ("send_message", False, 3)
-    assert whatsapp.default_route.breaker.count.describe() == ["connect_error", "timeout", "5xx"]
+    assert whatsapp.default_route.breaker.count.describe() == ["connect_error", "reset", "timeout", "5xx"]
 
     assert shipped.upstreams["whatsapp_media"].default_route.retry.max_body == 0
     assert shipped.upstreams["supabase"].default_route.retry.max_body == 1024 * 1024

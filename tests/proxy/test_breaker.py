@@ -12,7 +12,7 @@ import pytest
 
 from proxy.errors import CircuitOpen
 from tests.proxy.test_admin import sample
-from tests.support.upstream import delay, respond
+from tests.support.upstream import delay, reset_after_body, respond
 
 
 def policy(url: str, breaker: str = "failures: 3, reset_after: 300ms", attempts: int = 1, admin: str = "") -> str:
@@ -299,3 +299,27 @@ async def test_a_refusals_access_line_counts_the_body_it_sent_and_none_for_head(
     lines = [r.getMessage() for r in caplog.records if r.name == "egress.access"]
     assert [line.split(" bytes=")[1].split()[0] for line in lines] == [str(sent), "0"]
     assert sent > 0 and all("egress_error=circuit_open" in line for line in lines)
+
+
+async def test_resets_count_by_default_so_a_whatsapp_that_resets_every_send_opens_its_breaker(
+    upstream, make_sidecar, client
+):
+    upstream.default = reset_after_body()  # the body arrived (maybe processed), then the connection dropped
+    sc = await make_sidecar(f"""
+    upstreams:
+      whatsapp:
+        url: {upstream.url}
+        breaker: {{failures: 3, reset_after: 30s}}
+        routes:
+          - name: send_message
+            match: POST /v19.0/*/messages
+    """)
+    url = sc.url + "/whatsapp/v19.0/123/messages"
+    for _ in range(3):
+        status, headers = await call(client, url, "POST", data=b'{"to": "1"}')
+        assert (status, headers["X-Egress-Error"]) == (502, "upstream_reset")  # never retried: it may have been sent
+    assert len(upstream.requests) == 3
+    status, headers = await call(client, url, "POST", data=b'{"to": "1"}')
+    assert (status, headers["X-Egress-Error"]) == (503, "circuit_open")
+    assert len(upstream.requests) == 3  # refused without touching the upstream
+    assert sc.runtime.breakers["whatsapp"].outcomes["reset"] == 3
