@@ -15,7 +15,7 @@ from typing import Literal, TypeVar
 
 from inbox_backend.conversations import send_text
 from inbox_backend.database import Row
-from inbox_backend.errors import ApiError
+from inbox_backend.errors import DELIVERY_UNKNOWN, ApiError
 from inbox_backend.gemini import conversation_contents
 from inbox_backend.metrics import Metrics
 from inbox_backend.settings import Settings
@@ -96,7 +96,10 @@ class Bot:
     async def _stage(self, stage: Stage, work: Awaitable[T]) -> T:
         try:
             return await work
-        except ApiError:
-            self.metrics.bot_reply_failures.labels(stage).inc()
+        except ApiError as exc:
+            if exc.code == DELIVERY_UNKNOWN:  # maybe delivered: not a failure, counted apart
+                self.metrics.ambiguous_sends.inc()
+            else:
+                self.metrics.bot_reply_failures.labels(stage).inc()
             raise
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inbox_backend.database import Database, Row
-from inbox_backend.errors import ApiError
+from inbox_backend.errors import DELIVERY_UNKNOWN, ApiError
 from inbox_backend.webhook_payload import Inbound
 from inbox_backend.whatsapp import WhatsApp
 
@@ -49,8 +49,9 @@ async def send_text(
     """Record the message, send it, then record its WhatsApp id.
 
     Recorded first so that nothing is ever sent that the inbox does not show. A send that fails marks
-    the row `failed`; WhatsApp may still have delivered it when the failure came after the request
-    left (a reset or timeout): the sidecar never retries those, so it was delivered at most once.
+    the row `failed`. One whose outcome is unknown (a reset or timeout after the request left: WhatsApp may have
+    delivered it, and the sidecar never retries it, so at most once) marks it `unknown` and is answered
+    502 `delivery_unknown`: the caller must not take it for failed and send it again.
     """
     row = await db.insert_message(
         {
@@ -63,8 +64,8 @@ async def send_text(
     )
     try:
         wa_message_id = await whatsapp.send_text(account["phone_number_id"], contact["wa_id"], text)
-    except ApiError:
-        await _record(db, row, {"status": "failed"})
+    except ApiError as exc:
+        await _record(db, row, {"status": "unknown" if exc.code == DELIVERY_UNKNOWN else "failed"})
         raise
     return await _record(db, row, {"wa_message_id": wa_message_id, "status": "sent"})
 

@@ -12,6 +12,11 @@ land here, so the mapping is one table:
     upstream 429                                  503 <upstream>_unavailable (+ Retry-After)
     upstream 401/403 on the user-token check      401 unauthorized
     other upstream 4xx                            400 external_api_error
+
+Whether the request may have been processed travels with the error (`ApiError.delivery`): the sidecar says so in
+`X-Egress-Delivery: unknown` (a reset or timeout after the request was sent); in direct mode any failure but a
+failed connect is taken as unknown. A WhatsApp send with an unknown outcome is `502 delivery_unknown`, never
+"failed" (see `conversations.send_text`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ import aiohttp
 from inbox_backend.settings import Upstream
 
 EGRESS_ERROR = "X-Egress-Error"
+EGRESS_DELIVERY = "X-Egress-Delivery"
+DELIVERY_UNKNOWN = "delivery_unknown"
 RETRY_AFTER = "Retry-After"
 # The sidecar's fast refusals: it did not (or could not) reach the upstream, so "unavailable".
 UNAVAILABLE_REASONS = frozenset(
@@ -43,12 +50,17 @@ class Purpose(Enum):
 class ApiError(Exception):
     """An error answer of the backend: `{"error": code, "request_id": ...}` with `status`."""
 
-    def __init__(self, status: int, code: str, *, headers: Mapping[str, str] | None = None, detail: str = "") -> None:
+    def __init__(
+        self, status: int, code: str, *, headers: Mapping[str, str] | None = None, detail: str = "",
+        delivery: str = "none",
+    ) -> None:
         super().__init__(detail or code)
         self.status = status
         self.code = code
         self.headers = dict(headers or {})
         self.detail = detail
+        # "unknown": the request reached the upstream and may have been processed (no answer came back).
+        self.delivery = delivery
 
 
 def unavailable(upstream: Upstream, retry_after: str | None, detail: str) -> ApiError:
@@ -66,14 +78,9 @@ def from_response(upstream: Upstream, purpose: Purpose, status: int, headers: Ma
     reason = headers.get(EGRESS_ERROR)
     retry_after = headers.get(RETRY_AFTER)
     if reason is not None:
-        detail = f"sidecar: {reason} ({status})"
-        if reason == "upstream_timeout":
-            return timeout(purpose, detail)
-        if reason in UNAVAILABLE_REASONS or status == 503:
-            return unavailable(upstream, retry_after, detail)
-        # upstream_reset, and the sidecar refusing our request (no_route, bad_request, body_too_large):
-        # the call could not be made; nothing the backend's caller can fix.
-        return ApiError(502, "external_api_unavailable", detail=detail)
+        error = _sidecar_error(upstream, purpose, status, reason, retry_after)
+        error.delivery = headers.get(EGRESS_DELIVERY, "none")
+        return error
     detail = f"{upstream} answered {status}"
     if status >= 500:
         return ApiError(502, "external_api_unavailable", detail=detail)
@@ -84,11 +91,25 @@ def from_response(upstream: Upstream, purpose: Purpose, status: int, headers: Ma
     return ApiError(400, "external_api_error", detail=detail)
 
 
+def _sidecar_error(upstream: Upstream, purpose: Purpose, status: int, reason: str, retry_after: str | None) -> ApiError:
+    detail = f"sidecar: {reason} ({status})"
+    if reason == "upstream_timeout":
+        return timeout(purpose, detail)
+    if reason in UNAVAILABLE_REASONS or status == 503:
+        return unavailable(upstream, retry_after, detail)
+    # upstream_reset, and the sidecar refusing our request (no_route, bad_request, body_too_large):
+    # the call could not be made; nothing the backend's caller can fix.
+    return ApiError(502, "external_api_unavailable", detail=detail)
+
+
 def from_exception(upstream: Upstream, purpose: Purpose, exc: BaseException) -> ApiError:
-    """No answer at all: our own timeout, or the connection to the sidecar / upstream failed."""
+    """No answer at all: our own timeout, or the connection to the sidecar / upstream failed. Only a failed
+    connect proves nothing was sent: anything else may have been processed."""
     detail = f"{upstream}: {type(exc).__name__}: {exc}"
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
-        return timeout(purpose, detail)
+        error = timeout(purpose, detail)
+        error.delivery = "none" if isinstance(exc, aiohttp.ConnectionTimeoutError) else "unknown"
+        return error
     if isinstance(exc, aiohttp.ClientConnectorError):
         return unavailable(upstream, None, detail)
-    return ApiError(502, "external_api_unavailable", detail=detail)
+    return ApiError(502, "external_api_unavailable", detail=detail, delivery="unknown")

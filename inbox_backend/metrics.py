@@ -40,6 +40,11 @@ class Metrics:
             "Bot replies that failed, by stage (load: Supabase reads, generate: Gemini, send: WhatsApp + store)",
             ["stage"], registry=r,
         )
+        self.ambiguous_sends = Counter(
+            "inbox_ambiguous_sends_total",
+            "Bot replies whose WhatsApp send has an unknown outcome (reached WhatsApp, no answer): maybe delivered",
+            registry=r,
+        )
         self.webhook_messages = Counter(
             "inbox_webhook_messages_total", "Inbound WhatsApp messages, by result (stored, duplicate, unknown_account)",
             ["result"], registry=r,

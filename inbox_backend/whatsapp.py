@@ -9,7 +9,7 @@ import aiohttp
 from yarl import URL
 
 from inbox_backend.egress import Call, Caller
-from inbox_backend.errors import ApiError
+from inbox_backend.errors import DELIVERY_UNKNOWN, ApiError
 from inbox_backend.settings import Settings, Upstream
 from inbox_backend.webhook_payload import MEDIA_ID
 
@@ -48,7 +48,13 @@ class WhatsApp:
                 "text": {"preview_url": False, "body": text},
             },
         )
-        data = (await self.caller.send(call)).data
+        try:
+            data = (await self.caller.send(call)).data
+        except ApiError as exc:
+            if exc.delivery == "unknown":  # it may have been delivered: never "failed", never blindly resent
+                raise ApiError(502, DELIVERY_UNKNOWN, detail=f"the send's outcome is unknown: {exc.detail}",
+                               delivery="unknown") from exc
+            raise
         return _first_message_id(data)
 
     async def media_path(self, media_id: str) -> str:

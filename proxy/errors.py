@@ -16,6 +16,7 @@ class EgressError(Exception):
     outcome: str | None = None  # the retry/breaker condition this failure counts as, if any
     callers_doing = False  # the caller's request itself is at fault: says nothing about the upstream
     counts_as: int | None = None  # a status the breaker's `count` reads this failure as, when it has no outcome
+    reached_upstream = False  # the failure happened with the upstream: after the request was sent, if `sent`
 
     def __init__(self, detail: str = "", *, upstream: str = "", sent: bool = True) -> None:
         super().__init__(detail or self.reason)
@@ -29,11 +30,18 @@ class EgressError(Exception):
         """`Retry-After`, in whole seconds, when the sidecar has any to give."""
         return None
 
+    def delivery(self) -> str:
+        """`X-Egress-Delivery`: `unknown` when the request reached the upstream and no answer came back (a reset or
+        timeout after it was sent: it may have been processed, a WhatsApp send delivered); else `none`, it was not
+        processed. A caller must not report an `unknown` send as failed, nor send it again blindly."""
+        return "unknown" if self.sent and self.reached_upstream else "none"
+
 
 class UpstreamTimeout(EgressError):
     status = 504
     reason = "upstream_timeout"
     outcome = "timeout"
+    reached_upstream = True
 
     def __init__(self, kind: str, seconds: float, *, upstream: str = "", sent: bool = True) -> None:
         super().__init__(f"{kind} timeout after {seconds:g}s", upstream=upstream, sent=sent)
@@ -53,6 +61,7 @@ class UpstreamReset(EgressError):
     status = 502
     reason = "upstream_reset"
     outcome = "reset"
+    reached_upstream = True
 
 
 class UpstreamBadResponse(EgressError):
@@ -61,6 +70,7 @@ class UpstreamBadResponse(EgressError):
 
     status = 502
     reason = "upstream_bad_response"
+    reached_upstream = True
     counts_as = 502  # for the breaker: a lying upstream is as unhealthy as one answering 502
 
 

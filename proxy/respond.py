@@ -26,6 +26,7 @@ log = logging.getLogger("egress.respond")
 
 NO_BODY_STATUSES = frozenset({204, 304})
 EGRESS_ERROR_HEADER = "X-Egress-Error"
+DELIVERY_HEADER = "X-Egress-Delivery"  # see EgressError.delivery
 AGE_HEADER = "Age"
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s
 
@@ -38,28 +39,29 @@ class Delivery:
     broken: str | None = None  # "upstream_reset", "upstream_timeout" or "client_disconnected"
 
 
-# Rendered answers, by (reason, upstream, detail, Retry-After): an open breaker's one refusal goes out thousands of
-# times a second, and refusals of one kind (overloaded, throttled) are each a new error with the same answer.
-# Measured (timeit): rendering one (json.dumps, the header dict) takes about 3 µs, a remembered one 0.2 µs.
-_ANSWERS: Memo[tuple[str, str, str, str | None], tuple[dict[str, str], bytes]] = Memo(256)
+# Rendered answers, by (reason, upstream, detail, Retry-After, delivery): an open breaker's one refusal goes out
+# thousands of times a second, and refusals of one kind (overloaded, throttled) are each a new error with the same
+# answer. Measured (timeit): rendering one (json.dumps, the header dict) takes about 3 µs, a remembered one 0.2 µs.
+_ANSWERS: Memo[tuple[str, str, str, str | None, str], tuple[dict[str, str], bytes]] = Memo(256)
 
 
-def _render(key: tuple[str, str, str, str | None]) -> tuple[dict[str, str], bytes]:
-    reason, upstream, detail, advice = key
-    headers = {EGRESS_ERROR_HEADER: reason, "Content-Type": "application/json"}
+def _render(key: tuple[str, str, str, str | None, str]) -> tuple[dict[str, str], bytes]:
+    reason, upstream, detail, advice, delivery = key
+    headers = {EGRESS_ERROR_HEADER: reason, DELIVERY_HEADER: delivery, "Content-Type": "application/json"}
     if advice is not None:
         headers["Retry-After"] = advice
     return headers, json.dumps({"error": reason, "upstream": upstream, "detail": detail}).encode()
 
 
 def error_response(error: EgressError, extra: Mapping[str, str]) -> web.Response:
-    headers, body = _ANSWERS.get((error.reason, error.upstream, error.detail, error.advice()), _render)
+    key = (error.reason, error.upstream, error.detail, error.advice(), error.delivery())
+    headers, body = _ANSWERS.get(key, _render)
     return web.Response(status=error.status, body=body, headers={**headers, **extra})
 
 
 def error_body(reason: str, upstream: str, detail: str) -> bytes:
     """The JSON body of the sidecar's own answers: `{"error", "upstream", "detail"}`."""
-    return _ANSWERS.get((reason, upstream, detail, None), _render)[1]
+    return _ANSWERS.get((reason, upstream, detail, None, "none"), _render)[1]
 
 
 def entry_response(entry: Entry, method: str, extra: Mapping[str, str]) -> web.Response:

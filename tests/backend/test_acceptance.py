@@ -72,12 +72,14 @@ async def test_a_send_reset_after_the_request_left_is_not_retried_and_is_deliver
     stack.sim.state.add_fault(upstream="whatsapp", route="send_message", kind="reset_after", count=1)
     status, body, _ = await stack.call("POST", "/messages", headers=USER,
                                        json_body={"conversation_id": 1, "text": "your cake is ready"})
-    assert (status, body["error"]) == (502, "external_api_unavailable")
+    # Not "failed": the sidecar says the send reached WhatsApp (X-Egress-Delivery: unknown); a caller that took a
+    # plain 502 for "not sent" and retried would send it twice.
+    assert (status, body["error"]) == (502, "delivery_unknown")
     assert stack.sim.state.request_count("whatsapp", "send_message") == 1
     assert stack.sim.state.delivery_count(to=ALICE, body="your cake is ready") == 1
-    # the inbox shows it, marked failed: WhatsApp may have delivered it (here it did), never twice
+    # the inbox shows it, marked unknown: WhatsApp may have delivered it (here it did), never twice
     [row] = stack.rows("messages", body="your cake is ready")
-    assert row["status"] == "failed"
+    assert row["status"] == "unknown"
 
 
 async def test_a_send_reset_before_the_body_was_read_is_still_never_duplicated(stack: Stack) -> None:
@@ -87,9 +89,11 @@ async def test_a_send_reset_before_the_body_was_read_is_still_never_duplicated(s
     stack.sim.state.add_fault(upstream="whatsapp", route="send_message", kind="reset_before", count=1)
     status, body, _ = await stack.call("POST", "/messages", headers=USER,
                                        json_body={"conversation_id": 1, "text": "reset before"})
-    assert (status, body["error"]) == (502, "external_api_unavailable")
+    assert (status, body["error"]) == (502, "delivery_unknown")  # the sidecar cannot tell: unknown, not failed
     assert stack.sim.state.request_count("whatsapp", "send_message") == 1
     assert stack.sim.state.delivery_count(body="reset before") == 0
+    [row] = stack.rows("messages", body="reset before")
+    assert row["status"] == "unknown"
 
 
 async def test_a_send_that_provably_did_not_happen_is_retried_and_delivered_once(make_stack: MakeStack) -> None:

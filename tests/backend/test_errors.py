@@ -156,3 +156,34 @@ async def test_direct_mode_upstream_errors_map_like_through_the_sidecar(make_sta
     status, body, _ = await bot_reply(stack)
     assert (status, body["error"]) == (502, "external_api_unavailable")
     assert stack.sim.state.request_count("gemini") == 2  # no retry in the backend, ever
+
+
+async def test_a_send_whose_outcome_is_unknown_is_502_delivery_unknown_in_direct_mode_too(
+    make_stack: MakeStack,
+) -> None:
+    # Direct mode has no sidecar to say so: any failure after the connection was made may have been processed.
+    stack = await make_stack(mode="direct")
+    stack.sim.state.add_fault(upstream="whatsapp", route="send_message", kind="reset_after", count=1)
+    status, body, _ = await stack.call("POST", "/messages", headers=USER,
+                                       json_body={"conversation_id": 1, "text": "maybe sent"})
+    assert (status, body["error"]) == (502, "delivery_unknown")
+    [row] = stack.rows("messages", body="maybe sent")
+    assert row["status"] == "unknown"
+    assert stack.sim.state.delivery_count(body="maybe sent") == 1
+
+
+async def test_a_send_that_never_left_is_failed_not_unknown(make_stack: MakeStack) -> None:
+    stack = await make_stack(mode="direct", unreachable=[Upstream.WHATSAPP])
+    status, body, _ = await stack.call("POST", "/messages", headers=USER,
+                                       json_body={"conversation_id": 1, "text": "never left"})
+    assert (status, body["error"]) == (503, "whatsapp_unavailable")
+    [row] = stack.rows("messages", body="never left")
+    assert row["status"] == "failed"
+
+
+async def test_an_ambiguous_bot_reply_is_counted_apart_from_failures(stack: Stack) -> None:
+    stack.sim.state.add_fault(upstream="whatsapp", route="send_message", kind="reset_after", count=1)
+    status, body, _ = await stack.call("POST", "/bot/reply", headers=USER, json_body={**REPLY, "send": True})
+    assert (status, body["error"]) == (502, "delivery_unknown")
+    assert stack.metric("inbox_ambiguous_sends_total") == 1
+    assert stack.metric("inbox_bot_reply_failures_total", {"stage": "send"}) == 0

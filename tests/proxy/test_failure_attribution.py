@@ -203,3 +203,26 @@ async def test_callers_own_short_deadlines_do_not_open_the_breaker_for_everyone(
         assert (await get(headers={"X-Egress-Timeout": "50ms"}))[:2] == (504, "upstream_timeout")
     assert await get() == (200, None, b"fine")
     assert sc.runtime.breakers["gemini"].state == "closed"
+
+
+async def test_x_egress_delivery_says_whether_the_request_may_have_been_processed(upstream, make_sidecar, client):
+    """`unknown` only when the request reached the upstream and no answer came back; `none` when it never did."""
+    from tests.support.upstream import free_port, reset_after_body
+
+    upstream.default = reset_after_body()
+    sc = await make_sidecar(f"""
+    upstreams:
+      whatsapp:
+        url: {upstream.url}
+        breaker: {{failures: 1000}}
+      nowhere:
+        url: http://127.0.0.1:{free_port()}
+    """)
+    async with client.post(sc.url + "/whatsapp/v19.0/1/messages", data=b"{}") as resp:
+        assert (resp.status, resp.headers["X-Egress-Error"], resp.headers["X-Egress-Delivery"]) == (
+            502, "upstream_reset", "unknown")
+    async with client.post(sc.url + "/nowhere/x", data=b"{}") as resp:
+        assert (resp.headers["X-Egress-Error"], resp.headers["X-Egress-Delivery"]) == (
+            "upstream_connect_error", "none")
+    async with client.get(sc.url + "/unknown/x") as resp:
+        assert (resp.status, resp.headers["X-Egress-Delivery"]) == (404, "none")
