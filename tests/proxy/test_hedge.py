@@ -178,3 +178,6 @@ def test_the_shipped_policy_hedges_supabase_reads():
     assert reads.hedge is not None and reads.hedge.after <= 0.5
     assert supabase.route_for("POST", "/rest/v1/messages").hedge is None
     assert supabase.route_for("GET", "/rest/v1/bot_profiles").hedge is not None
+    generate = policy.upstreams["gemini"].route_for("POST", "/v1beta/models/m:generateContent")
+    assert generate.idempotent and generate.hedge is not None and generate.hedge.after < generate.timeouts.read
+    assert policy.upstreams["gemini"].route_for("POST", "/v1beta/models/m:streamGenerateContent").hedge is None
