@@ -5,6 +5,8 @@ Rows stay plain JSON dicts: they are passed back to the API's callers as they ar
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -15,6 +17,7 @@ from inbox_backend.settings import Upstream
 
 Row = dict[str, Any]
 REPRESENTATION = "return=representation"
+IDEMPOTENCY_KEY = "Idempotency-Key"  # the sidecar's mark of a request safe to replay
 
 
 # A filter value is sent as `eq.<value>`, URL-encoded by yarl (so `&` or `=` cannot start another parameter).
@@ -128,7 +131,10 @@ class Database:
     ) -> list[Row]:
         params = {"on_conflict": on_conflict} if on_conflict else {}
         prefer = f"{REPRESENTATION},resolution={resolution}" if resolution else REPRESENTATION
-        return _rows(await self._send("POST", table, params, body=row, prefer=prefer))
+        # An insert that resolves duplicates on its conflict target can be sent twice and store one row: say so,
+        # and the sidecar may retry (and hedge) it like a read instead of treating it as a one-shot write.
+        key = _idempotency_key(table, on_conflict, row) if resolution and on_conflict else None
+        return _rows(await self._send("POST", table, params, body=row, prefer=prefer, idempotency_key=key))
 
     async def _update(self, table: str, row_id: int, changes: Mapping[str, Any]) -> Row:
         rows = _rows(await self._send("PATCH", table, {"id": eq(row_id)}, body=dict(changes), prefer=REPRESENTATION))
@@ -137,11 +143,21 @@ class Database:
         return rows[0]
 
     async def _send(
-        self, method: str, table: str, params: Mapping[str, str], *, body: Any = None, prefer: str | None = None
+        self, method: str, table: str, params: Mapping[str, str], *, body: Any = None, prefer: str | None = None,
+        idempotency_key: str | None = None,
     ) -> Any:
         headers = {"Prefer": prefer} if prefer else {}
+        if idempotency_key is not None:
+            headers[IDEMPOTENCY_KEY] = idempotency_key
         call = Call(Upstream.SUPABASE, method, f"/rest/v1/{table}", Purpose.DATA, params, body, headers)
         return (await self.caller.send(call)).data
+
+
+def _idempotency_key(table: str, on_conflict: str, row: Row) -> str:
+    """`messages:<digest>`: the row's identity on its conflict target, hashed (a header carries no phone number,
+    and no byte a webhook chose)."""
+    identity = json.dumps([row.get(column) for column in on_conflict.split(",")], default=str)
+    return f"{table}:{hashlib.sha256(identity.encode()).hexdigest()[:32]}"
 
 
 def _rows(data: Any) -> list[Row]:

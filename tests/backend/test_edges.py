@@ -109,7 +109,8 @@ async def test_a_delivery_stored_in_part_still_answers_what_it_stored_once(stack
     payload = message_webhook(text_message("from the first"), wa_id=first, phone_number_id=PHONE_ID)
     msgs = payload["entry"][0]["changes"][0]["value"]["messages"]
     msgs.append({**msgs[0], "from": second, "id": new_message_id(), "text": {"body": "from the second"}})
-    stack.sim.state.add_fault(upstream="supabase", route="rest:messages:POST", kind="status", status=503,
+    # A 500 is not retried (a 503 would be: an inbound insert is idempotent, sent with an Idempotency-Key).
+    stack.sim.state.add_fault(upstream="supabase", route="rest:messages:POST", kind="status", status=500,
                               ratio=0.5, count=1)  # the 2nd insert of this delivery
     status, body = await stack.signed_webhook(payload)
     assert (status, body["error"]) == (502, "external_api_unavailable")
@@ -129,7 +130,8 @@ async def test_a_contact_with_a_message_still_to_store_is_answered_once_on_the_r
     payload = message_webhook(text_message("first"), wa_id=who, phone_number_id=PHONE_ID)
     msgs = payload["entry"][0]["changes"][0]["value"]["messages"]
     msgs.append({**msgs[0], "id": new_message_id(), "text": {"body": "second"}})
-    stack.sim.state.add_fault(upstream="supabase", route="rest:messages:POST", kind="status", status=503,
+    # A 500 is not retried (a 503 would be: an inbound insert is idempotent, sent with an Idempotency-Key).
+    stack.sim.state.add_fault(upstream="supabase", route="rest:messages:POST", kind="status", status=500,
                               ratio=0.5, count=1)  # the 2nd insert of this delivery
     assert (await stack.signed_webhook(payload))[0] == 502
     status, body = await stack.signed_webhook(payload)  # WhatsApp's redelivery, at once
@@ -138,3 +140,16 @@ async def test_a_contact_with_a_message_still_to_store_is_answered_once_on_the_r
     await asyncio.sleep(1.0)
     [reply] = [d.body for d in stack.sim.state.deliveries_to(who)]
     assert "first" in reply and "second" in reply  # one reply to both
+
+
+async def test_an_inbound_insert_is_idempotent_so_the_sidecar_retries_a_503_and_the_message_is_answered_once(
+    stack: Stack,
+) -> None:
+    who = "15550007401"
+    stack.sim.state.add_fault(upstream="supabase", route="rest:messages:POST", kind="status", status=503, count=1)
+    status, body = await stack.signed_webhook(
+        message_webhook(text_message("retried insert"), wa_id=who, phone_number_id=PHONE_ID)
+    )
+    assert (status, body["stored"]) == (200, 1), body  # stored on the retry: no redelivery needed
+    await eventually(lambda: stack.sim.state.delivery_count(to=who) == 1, message="the reply")
+    assert len(stack.rows("messages", body="retried insert")) == 1

@@ -99,6 +99,15 @@ async def test_a_post_is_never_hedged(upstream, make_sidecar, client):
     assert hedges(sc, "won", "writes") == hedges(sc, "lost", "writes") == 0
 
 
+async def test_a_post_with_an_idempotency_key_is_hedged(upstream, make_sidecar, client):
+    upstream.script(delay(3, respond(201, b"slow")), delay(0.05, respond(201, b"fast")))
+    sc = await make_sidecar(policy(upstream.url))
+    async with client.post(sc.url + "/supabase/rest/v1/messages", data=b"{}",
+                           headers={"Idempotency-Key": "messages:1"}) as resp:
+        assert (resp.status, await resp.read(), resp.headers["X-Egress-Attempts"]) == (201, b"fast", "2")
+    assert hedges(sc, "won", "writes") == 1
+
+
 async def test_up_to_max_hedges_go_out_one_after_each_wait(upstream, make_sidecar, client):
     upstream.script(hang(), hang(), delay(0.05, respond(200, b"third")))
     sc = await make_sidecar(policy(upstream.url, hedge="{after: 150ms, max: 2}"))
@@ -176,7 +185,8 @@ def test_the_shipped_policy_hedges_supabase_reads():
     supabase = policy.upstreams["supabase"]
     reads = supabase.route_for("GET", "/rest/v1/messages")
     assert reads.hedge is not None and reads.hedge.after <= 0.5
-    assert supabase.route_for("POST", "/rest/v1/messages").hedge is None
+    writes = supabase.route_for("POST", "/rest/v1/messages")
+    assert writes.hedge is not None and not writes.idempotent  # only a write sent with an Idempotency-Key is hedged
     assert supabase.route_for("GET", "/rest/v1/bot_profiles").hedge is not None
     generate = policy.upstreams["gemini"].route_for("POST", "/v1beta/models/m:generateContent")
     assert generate.idempotent and generate.hedge is not None and generate.hedge.after < generate.timeouts.read
