@@ -37,8 +37,12 @@ def goals(summary: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, bool | No
         ("p95 better than direct's", compare(direct, "p95_ms", 1.0)),
     ]
     out += [(f"{key} == 0", side[key] == 0) for key in ZERO_GOALS]
-    out.append((f"upstream amplification at most {MAX_AMPLIFICATION}",
-                side["upstream_amplification"] <= MAX_AMPLIFICATION))
+    # Each backend request makes several upstream calls by design (a webhook: four Supabase writes, then the bot
+    # reply's reads, Gemini and WhatsApp), so the goal is read against legacy, which never retries: what the
+    # sidecar's retries and hedges add on top, its cache taken off.
+    ratio = None if legacy is None else side["upstream_amplification"] / legacy["upstream_amplification"]
+    out.append((f"upstream amplification at most {MAX_AMPLIFICATION}x legacy's"
+                + ("" if ratio is None else f" ({ratio:.2f}x)"), None if ratio is None else ratio <= MAX_AMPLIFICATION))
     return out
 
 
@@ -159,7 +163,9 @@ def plot(runs: list[ModeRun], scenario: Scenario, summary: Mapping[str, Mapping[
                    for m in modes]
         ax.bar(modes, heights, bottom=bottoms, label=upstream)
         bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
-    ax.axhline(MAX_AMPLIFICATION, color="black", linestyle="--", linewidth=1, label="goal (sidecar)")
+    if "legacy" in summary:
+        goal = MAX_AMPLIFICATION * summary["legacy"]["upstream_amplification"]
+        ax.axhline(goal, color="black", linestyle="--", linewidth=1, label=f"goal: {MAX_AMPLIFICATION}x legacy")
     ax.set_ylabel("upstream requests per backend request")
     ax.legend(fontsize="small")
     fig.tight_layout()

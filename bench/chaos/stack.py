@@ -9,8 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from bench.processes import Processes, free_port_run, free_ports, wait_http
-from inbox_backend.stack import Ports, children
 from inbox_backend.settings import Upstream
+from inbox_backend.stack import Ports, children
 
 LOCAL_POLICY = "config/policy.local.yaml"  # its upstream URLs, listen and admin come from the environment
 MEDIA_SIZE = 64 * 1024  # the simulator's default (5 MiB) would make media downloads the whole benchmark
