@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 POLICY ?= config/policy.yaml
 
-.PHONY: install run sidecar test lint typecheck unit bench soak policy-table clean
+.PHONY: install run sidecar test lint typecheck unit bench soak chaos policy-table clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,15 @@ bench: install
 # 10 minutes of mixed traffic with faults through a sidecar: do its RSS, fds and tasks stay flat? (SOAK_ARGS=...)
 soak: install
 	$(PY) -m bench.soak $(SOAK_ARGS)
+
+# The inbox under faults in three modes (legacy, direct, sidecar), as a report with plots (CHAOS_ARGS=--quick ...).
+BENCH_STAMP := $(VENV)/.bench-stamp
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+chaos: $(BENCH_STAMP)
+	$(PY) -m bench.chaos $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

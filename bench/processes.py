@@ -16,7 +16,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -35,6 +35,22 @@ def free_ports(count: int) -> list[int]:
 
 def free_port() -> int:
     return free_ports(1)[0]
+
+
+def free_port_run(count: int, attempts: int = 100) -> int:
+    """The first of `count` consecutive free loopback ports (the upstream simulator takes five in a row)."""
+    for _ in range(attempts):
+        base = free_port()
+        if base + count > 65536:
+            continue
+        with contextlib.ExitStack() as held:
+            try:
+                for port in range(base, base + count):
+                    held.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)).bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports")
 
 
 def pinned(argv: Sequence[str], core: int | None) -> list[str]:
@@ -65,12 +81,16 @@ class Processes:
     ) -> None:
         self.close()
 
-    def start(self, name: str, argv: Sequence[str], core: int | None, cwd: Path = REPO_ROOT) -> subprocess.Popen[bytes]:
-        """Start `argv` in a new session (its own process group); output goes to `<logdir>/<name>.log`."""
+    def start(
+        self, name: str, argv: Sequence[str], core: int | None, cwd: Path = REPO_ROOT,
+        env: Mapping[str, str] | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """Start `argv` in a new session (its own process group); output goes to `<logdir>/<name>.log`.
+        `env`: the child's whole environment (default: ours)."""
         with open(self.log_path(name), "wb") as log:
             proc = subprocess.Popen(
                 pinned(argv, core), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True, cwd=cwd,
+                start_new_session=True, cwd=cwd, env=None if env is None else dict(env),
             )
         self._running.append((name, proc))
         return proc

@@ -25,7 +25,7 @@ import aiohttp
 from yarl import URL
 
 from inbox_backend.errors import ApiError, Purpose, from_exception, from_response
-from inbox_backend.settings import Settings, Upstream
+from inbox_backend.settings import AUTH_TIMEOUT_KEY, Settings, Upstream
 
 log = logging.getLogger("inbox.egress")
 
@@ -70,18 +70,10 @@ class Egress:
     def __init__(self, settings: Settings, session: aiohttp.ClientSession) -> None:
         self.settings = settings
         self.session = session
-        if settings.direct:
-            self._timeout = aiohttp.ClientTimeout(
-                total=settings.direct_timeout, sock_connect=settings.direct_connect_timeout
-            )
-            # A large media download may take longer than any one call: bound the gaps instead.
-            self._stream_timeout = aiohttp.ClientTimeout(
-                total=None, sock_connect=settings.direct_connect_timeout, sock_read=settings.direct_timeout
-            )
-        else:
-            backstop = settings.sidecar_backstop_timeout
-            self._timeout = aiohttp.ClientTimeout(total=backstop)
-            self._stream_timeout = aiohttp.ClientTimeout(total=None, sock_read=backstop)
+        # Per (upstream, is the token check): a direct upstream's own timeout; through the sidecar one backstop.
+        limits = {(u, auth): _limits(settings, u, auth) for u in Upstream for auth in (False, True)}
+        self._timeouts = {key: pair[0] for key, pair in limits.items()}
+        self._stream_timeouts = {key: pair[1] for key, pair in limits.items()}
 
     def url(self, call: Call) -> URL:
         return call_url(self.settings.base_url(call.upstream), call)
@@ -105,7 +97,7 @@ class Egress:
 
     async def send(self, call: Call, request_id: str) -> Reply:
         """One call, its JSON body read; any failure raised as the ApiError the backend answers with."""
-        async with self.open(call, request_id, self._timeout) as response:
+        async with self.open(call, request_id, self._timeouts[_timeout_key(call)]) as response:
             try:
                 raw = await response.read()
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
@@ -116,7 +108,8 @@ class Egress:
     async def stream(self, call: Call, request_id: str) -> AsyncIterator[aiohttp.ClientResponse]:
         """A 2xx response whose body the caller reads piece by piece (media), as its host encoded it: its
         Content-Length and Content-Encoding then still describe the bytes passed on."""
-        async with self.open(call, request_id, self._stream_timeout, decompress=False) as response:
+        limits = self._stream_timeouts[_timeout_key(call)]
+        async with self.open(call, request_id, limits, decompress=False) as response:
             yield response
 
     @asynccontextmanager
@@ -147,6 +140,22 @@ class Egress:
         error = from_exception(call.upstream, call.purpose, exc)
         log.warning("%s failed: %s -> %d %s (request_id=%s)", call, error.detail, error.status, error.code, request_id)
         return error
+
+
+def _timeout_key(call: Call) -> tuple[Upstream, bool]:
+    return call.upstream, call.purpose is Purpose.AUTH
+
+
+def _limits(settings: Settings, upstream: Upstream, auth: bool) -> tuple[aiohttp.ClientTimeout, aiohttp.ClientTimeout]:
+    """(a call's timeout, a streamed call's) to `upstream`; `auth`: the Supabase token check."""
+    if not settings.direct:
+        backstop = settings.sidecar_backstop_timeout
+        return aiohttp.ClientTimeout(total=backstop), aiohttp.ClientTimeout(total=None, sock_read=backstop)
+    seconds = settings.direct_timeout_for(AUTH_TIMEOUT_KEY if auth else upstream.value)
+    connect = settings.direct_connect_timeout
+    # A large media download may take longer than any one call: bound the gaps instead.
+    return (aiohttp.ClientTimeout(total=seconds, sock_connect=connect),
+            aiohttp.ClientTimeout(total=None, sock_connect=connect, sock_read=seconds))
 
 
 def _json(raw: bytes) -> Any:

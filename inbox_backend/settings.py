@@ -42,6 +42,10 @@ SIDECAR_URL_VARS: Mapping[Upstream, str] = {
     Upstream.SUPABASE: "SUPABASE_BASE_URL",
 }
 
+AUTH_TIMEOUT_KEY = "auth"
+# What a direct-mode timeout can be set for: each upstream, and Supabase's token check on its own.
+DIRECT_TIMEOUT_KEYS: tuple[str, ...] = (*(u.value for u in Upstream), AUTH_TIMEOUT_KEY)
+
 
 class SettingsError(ValueError):
     """A bad environment value, named so the operator knows which variable to fix."""
@@ -66,6 +70,9 @@ class Settings:
     gemini_model: str = "gemini-2.0-flash"
     # Direct mode has no sidecar to enforce timeouts: plain ones, per call.
     direct_timeout: float = 30.0
+    # Per-upstream overrides of `direct_timeout` (DIRECT_TIMEOUT_<NAME>), by `DirectTimeoutKey`: an upstream's
+    # name, or "auth" for the caller's token check, which is a Supabase call but waited on by every request.
+    direct_timeouts: tuple[tuple[str, float], ...] = ()
     direct_connect_timeout: float = 5.0
     # Through the sidecar, only a backstop for a sidecar that stops answering: longer than any policy
     # deadline, so the sidecar's own timeout (with its precise error) always fires first.
@@ -91,6 +98,10 @@ class Settings:
 
     def sidecar_url(self, upstream: Upstream) -> str:
         return dict(self.sidecar_urls)[upstream]
+
+    def direct_timeout_for(self, key: str) -> float:
+        """Direct mode's timeout for `key` (one of DIRECT_TIMEOUT_KEYS), `direct_timeout` unless overridden."""
+        return dict(self.direct_timeouts).get(key, self.direct_timeout)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, listen: str | None = None) -> Settings:
@@ -119,6 +130,11 @@ class Settings:
             gemini_api_key=env.get("GEMINI_API_KEY", defaults.gemini_api_key),
             gemini_model=env.get("GEMINI_MODEL", defaults.gemini_model),
             direct_timeout=_seconds(env, "DIRECT_TIMEOUT", defaults.direct_timeout),
+            direct_timeouts=tuple(
+                (key, _seconds(env, f"DIRECT_TIMEOUT_{key.upper()}", 0.0))
+                for key in DIRECT_TIMEOUT_KEYS
+                if env.get(f"DIRECT_TIMEOUT_{key.upper()}", "").strip()
+            ),
             direct_connect_timeout=_seconds(env, "DIRECT_CONNECT_TIMEOUT", defaults.direct_connect_timeout),
             sidecar_backstop_timeout=_seconds(env, "SIDECAR_BACKSTOP_TIMEOUT", defaults.sidecar_backstop_timeout),
             header_timeout=_seconds(env, "INBOX_HEADER_TIMEOUT", defaults.header_timeout),

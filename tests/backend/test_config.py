@@ -119,3 +119,20 @@ def test_the_image_is_python_3_11_slim_installed_with_pip_and_not_root() -> None
     assert any(line.startswith("FROM python:3.11-slim") for line in lines)
     assert any(line.startswith("RUN pip install .") for line in lines)
     assert any(line.startswith("USER ") and line != "USER root" for line in lines)
+
+
+def test_direct_timeouts_can_be_set_per_upstream_and_for_the_token_check() -> None:
+    from inbox_backend.egress import Egress
+
+    env = {"EGRESS_MODE": "direct", "DIRECT_TIMEOUT": "7", "DIRECT_TIMEOUT_GEMINI": "45",
+           "DIRECT_TIMEOUT_WHATSAPP": "20", "DIRECT_TIMEOUT_AUTH": "10"}
+    settings = Settings.from_env(env)
+    assert [settings.direct_timeout_for(k) for k in ("gemini", "whatsapp", "auth", "supabase")] == [45, 20, 10, 7]
+    egress = Egress(settings, session=None)  # type: ignore[arg-type]  # only the timeouts are read here
+    # Keyed by (upstream, is the token check).
+    assert egress._timeouts[Upstream.GEMINI, False].total == 45
+    assert egress._timeouts[Upstream.SUPABASE, True].total == 10
+    assert egress._timeouts[Upstream.SUPABASE, False].total == 7
+    assert egress._stream_timeouts[Upstream.WHATSAPP, False].sock_read == 20
+    with pytest.raises(SettingsError, match="DIRECT_TIMEOUT_GEMINI"):
+        Settings.from_env({"DIRECT_TIMEOUT_GEMINI": "-1"})
