@@ -106,7 +106,7 @@ def test_the_effective_policy_has_the_defaults_merged():
     }
     assert gemini["retry"] == {"budget": {"ratio": 0.2, "min_per_second": 5.0}}  # per upstream, not per route
     assert generate["breaker"] == {
-        "name": "gemini", "failures": 5, "reset_after": "30s",
+        "name": "gemini", "failures": 5, "reset_after": "10s",
         "count": ["connect_error", "reset", "timeout", 401, 403, "5xx"],
     }
     assert stream["timeouts"]["read"] == "30s" and stream["timeouts"]["total"] == "120s"
