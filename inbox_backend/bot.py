@@ -15,7 +15,7 @@ from typing import Literal, TypeVar
 
 from inbox_backend.conversations import send_text
 from inbox_backend.database import Row
-from inbox_backend.errors import DELIVERY_UNKNOWN, ApiError
+from inbox_backend.errors import DELIVERY_UNKNOWN, RETRY_AFTER, ApiError
 from inbox_backend.gemini import conversation_contents
 from inbox_backend.metrics import Metrics
 from inbox_backend.settings import Settings
@@ -78,12 +78,28 @@ class Bot:
         )
 
     async def auto_reply(self, conversation_id: int) -> None:
-        """Background reply to an inbound message: failures are counted and logged, never raised."""
+        """Background reply to an inbound message: failures are counted and logged, never raised. An unavailable
+        upstream before the send (a 503: Gemini down, its breaker open) is waited out, within
+        `settings.reply_retry_for`; the send is tried once."""
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + self.settings.reply_retry_for
         try:
-            ctx = await self.load(conversation_id)
-            if not ctx.auto_reply:
+            while True:
+                try:
+                    ctx = await self.load(conversation_id)
+                    if not ctx.auto_reply:
+                        return
+                    text = await self.generate(ctx)
+                except ApiError as exc:
+                    wait = self._retry_wait(exc)
+                    if wait is None or loop.time() + wait > give_up_at:
+                        raise
+                    log.info("bot reply to conversation %s: %s, trying again in %.1fs request_id=%s",
+                             conversation_id, exc.code, wait, self.clients.caller.request_id)
+                    await asyncio.sleep(wait)
+                    continue
+                await self.send(ctx, text)
                 return
-            await self.send(ctx, await self.generate(ctx))
         except ApiError as exc:
             log.warning(
                 "bot reply to conversation %s failed: %d %s (%s) request_id=%s",
@@ -92,6 +108,14 @@ class Bot:
         except Exception:
             self.metrics.bot_reply_failures.labels("internal").inc()
             log.exception("bot reply to conversation %s crashed", conversation_id)
+
+    def _retry_wait(self, error: ApiError) -> float | None:
+        """How long to wait before trying a failed reply again, or None: only an unavailable upstream is waited out."""
+        if error.status != 503:
+            return None
+        advised = error.headers.get(RETRY_AFTER)
+        seconds = float(advised) if advised is not None and advised.isascii() and advised.isdigit() else 1.0
+        return min(max(seconds, 0.1), self.settings.reply_retry_interval)
 
     async def _stage(self, stage: Stage, work: Awaitable[T]) -> T:
         try:

@@ -37,7 +37,8 @@ class Metrics:
         )
         self.bot_reply_failures = Counter(
             "inbox_bot_reply_failures_total",
-            "Bot replies that failed, by stage (load: Supabase reads, generate: Gemini, send: WhatsApp + store)",
+            "Bot reply attempts that failed, by stage (load: Supabase reads, generate: Gemini, send: WhatsApp + store);"
+            " a background reply waiting out an outage counts each try",
             ["stage"], registry=r,
         )
         self.ambiguous_sends = Counter(

@@ -78,6 +78,11 @@ class Settings:
     # deadline, so the sidecar's own timeout (with its precise error) always fires first.
     sidecar_backstop_timeout: float = 150.0
     history_limit: int = 20
+    # A background bot reply whose Gemini (or Supabase) is unavailable (503, an open breaker) tries again, each wait
+    # its Retry-After but at most `reply_retry_interval`, for up to `reply_retry_for` seconds: an outage then delays
+    # the customer's answer instead of dropping it. The send itself is never retried (it may have gone out).
+    reply_retry_for: float = 120.0
+    reply_retry_interval: float = 5.0
     # What an internet caller may hold (serving.py): the time to send a request head once its first byte
     # arrived, how long an idle keep-alive connection stays open, how many connections are open at once.
     header_timeout: float = 10.0
@@ -137,6 +142,8 @@ class Settings:
             ),
             direct_connect_timeout=_seconds(env, "DIRECT_CONNECT_TIMEOUT", defaults.direct_connect_timeout),
             sidecar_backstop_timeout=_seconds(env, "SIDECAR_BACKSTOP_TIMEOUT", defaults.sidecar_backstop_timeout),
+            reply_retry_for=_seconds(env, "INBOX_REPLY_RETRY_FOR", defaults.reply_retry_for),
+            reply_retry_interval=_seconds(env, "INBOX_REPLY_RETRY_INTERVAL", defaults.reply_retry_interval),
             header_timeout=_seconds(env, "INBOX_HEADER_TIMEOUT", defaults.header_timeout),
             keepalive_timeout=_seconds(env, "INBOX_KEEPALIVE_TIMEOUT", defaults.keepalive_timeout),
             max_connections=_count(env, "INBOX_MAX_CONNECTIONS", defaults.max_connections),

@@ -142,3 +142,29 @@ async def test_two_first_messages_at_once_start_one_conversation(stack: Stack) -
     [conversation] = stack.rows("conversations", contact_id=contact["id"])
     inbound = stack.rows("messages", conversation_id=conversation["id"], direction="in")
     assert sorted(m["wa_message_id"] for m in inbound) == ["wamid.FIRST-A", "wamid.FIRST-B"]
+
+
+async def test_a_reply_refused_by_an_open_gemini_breaker_goes_out_once_the_breaker_closes(
+    make_stack: MakeStack,
+) -> None:
+    stack = await make_stack(reply_retry_interval=0.2, reply_retry_for=10.0)
+    await stack.admin("POST", "/breakers/gemini/open")  # Gemini "down": every generation refused 503 at once
+    status, body = await stack.webhook("still there?", message_id="wamid.WAITOUT")
+    assert (status, body["stored"]) == (200, 1)
+    await asyncio.sleep(0.6)  # refused a few times meanwhile
+    assert stack.sim.state.delivery_count() == 0
+    await stack.admin("POST", "/breakers/gemini/close")
+    await eventually(lambda: stack.sim.state.delivery_count() == 1, message="the reply, once Gemini is back")
+    await asyncio.sleep(0.5)
+    assert stack.sim.state.delivery_count() == 1  # answered once
+
+
+async def test_a_reply_gives_up_after_reply_retry_for(make_stack: MakeStack) -> None:
+    stack = await make_stack(reply_retry_interval=0.1, reply_retry_for=0.5)
+    await stack.admin("POST", "/breakers/gemini/open")
+    status, _ = await stack.webhook("anyone?", message_id="wamid.GIVEUP")
+    assert status == 200
+    await asyncio.sleep(1.0)
+    await stack.admin("POST", "/breakers/gemini/close")
+    await asyncio.sleep(0.5)
+    assert stack.sim.state.delivery_count() == 0  # gave up within its window: no reply long after the fact
