@@ -16,6 +16,7 @@ import argparse
 import sys
 import tempfile
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import median
@@ -48,11 +49,15 @@ class Build:
     cpu_us: list[float]
 
 
-def start_build(procs: Processes, tmp: Path, label: str, tree: Path, upstream: str, core: int | None) -> Sidecar:
+def start_build(
+    procs: Processes, tmp: Path, label: str, tree: Path, upstream: str, core: int | None, python: Sequence[str] = ()
+) -> Sidecar:
+    """One build's sidecar on the bench policy; `python`: interpreter options before `-m proxy` (a profiler)."""
     port, admin = free_ports(2)
     policy = tmp / f"{label}-policy.yaml"
     policy.write_text(sidecar_policy(port, admin, upstream, upstream))
-    proc = procs.start(f"sidecar-{label}", [sys.executable, "-m", "proxy", "--policy", str(policy)], core, cwd=tree)
+    argv = [sys.executable, *python, "-m", "proxy", "--policy", str(policy)]
+    proc = procs.start(f"sidecar-{label}", argv, core, cwd=tree)
     sidecar = Sidecar(f"http://{LOOPBACK}:{port}", f"http://{LOOPBACK}:{admin}", proc.pid)
     wait_http(f"{sidecar.admin}/ready", proc, f"sidecar {label}", procs)
     return sidecar

@@ -9,27 +9,17 @@ builds with `bench.ab`.
 from __future__ import annotations
 
 import argparse
+import os
 import pstats
 import signal
-import sys
 import tempfile
 from pathlib import Path
 
-from bench.ab import PATHS, require_hit
+from bench.ab import CONNECTIONS, PATHS, require_hit, start_build
 from bench.loadgen import require_wrk, wrk
-from bench.processes import LOOPBACK, Processes, core_layout, free_ports, wait_http
-from bench.stack import (
-    SMALL,
-    TRIPPED,
-    Sidecar,
-    admin_post,
-    sidecar_policy,
-    start_aio_upstream,
-    start_nginx,
-    write_files,
-)
+from bench.processes import REPO_ROOT, Processes, core_layout
+from bench.stack import SMALL, TRIPPED, admin_post, start_aio_upstream, start_nginx, write_files
 
-CONNECTIONS = 32
 # The stage modules and the layers around them, each reported with its cumulative share of the profile.
 LAYERS = ("proxy/pipeline.py", "proxy/stages/", "proxy/forward.py", "proxy/respond.py", "proxy/account.py",
           "proxy/listener.py", "aiohttp/")
@@ -47,14 +37,9 @@ def main() -> None:
         tmp = Path(name)
         write_files(tmp / "www", huge=False)
         upstream = start_nginx(procs, tmp, tmp / "www", client) or start_aio_upstream(procs, tmp / "www", client)
-        port, admin = free_ports(2)
-        policy = tmp / "policy.yaml"
-        policy.write_text(sidecar_policy(port, admin, upstream, upstream))
         out = tmp / "sidecar.prof"
-        command = [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "proxy", "--policy", str(policy)]
-        proc = procs.start("sidecar", command, server)
-        sidecar = Sidecar(f"http://{LOOPBACK}:{port}", f"http://{LOOPBACK}:{admin}", proc.pid)
-        wait_http(f"{sidecar.admin}/ready", proc, "sidecar", procs)
+        python = ("-m", "cProfile", "-o", str(out))
+        sidecar = start_build(procs, tmp, "profiled", REPO_ROOT, upstream, server, python)
         if args.target == "refusal":
             admin_post(sidecar, f"/breakers/{TRIPPED}/open")
         url = f"{sidecar.url}/{PATHS[args.target]}/{SMALL}"
@@ -62,8 +47,8 @@ def main() -> None:
             require_hit(url)
         wrk(url, CONNECTIONS, 1.0, client)  # warm-up
         sample = wrk(url, CONNECTIONS, args.seconds, client)
-        proc.send_signal(signal.SIGTERM)  # a graceful stop: cProfile writes its file on exit
-        proc.wait(timeout=30)
+        os.kill(sidecar.pid, signal.SIGTERM)  # a graceful stop: cProfile writes its file on exit
+        os.waitpid(sidecar.pid, 0)
         stats = pstats.Stats(str(out))
         print(f"{sample.requests} requests in {args.seconds:g}s ({args.target})\n")
         report_layers(stats)

@@ -36,6 +36,7 @@ from proxy.cache.rules import (
     WRITE_METHODS,
     Mode,
     extra_vary,
+    may_answer,
     refusal,
     request_mode,
     stored_headers,
@@ -46,7 +47,7 @@ from proxy.errors import EgressError, Throttled, UpstreamTimeout
 from proxy.logs import redact_target
 from proxy.memo import Memo
 from proxy.metrics import Metrics
-from proxy.policy import CacheSettings, Route, RouteCache
+from proxy.policy import CacheSettings, RouteCache
 from proxy.policy.model import SECRET_QUERY_NAMES
 from proxy.routing import Target
 
@@ -151,17 +152,13 @@ class ResponseCache:
 
     # -- what a request is to the cache ---------------------------------------------------------------
 
-    def may_answer(self, route: Route, method: str) -> bool:
-        """Whether a request could be answered from the cache (a HIT, or STALE while the upstream fails)."""
-        return method in CACHEABLE_METHODS and route.cache is not None
-
     def plan(
         self, target: Target, method: str, headers: CIMultiDictProxy[str], redact: Collection[str] = SECRET_QUERY_NAMES
     ) -> ReadPlan | WritePlan | None:
         """`redact`: the query names the plan's log lines hide (the running policy's, which a reload may change
         while this cache carries over)."""
         route = target.route
-        if route.cache is not None and self.may_answer(route, method):  # (`is not None` again, for the type)
+        if route.cache is not None and may_answer(route, method):  # (`is not None` again, for the type)
             identity = header_values(headers, (*route.cache.vary, *RANGE_HEADERS))
             key = self.keys.request(
                 target.upstream.name, route.name, method, target.path, target.query, identity, self._origin(target)

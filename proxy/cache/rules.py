@@ -12,7 +12,7 @@ from enum import Enum
 from multidict import CIMultiDictProxy
 
 from proxy.headers import end_to_end
-from proxy.policy import RouteCache
+from proxy.policy import Route, RouteCache
 
 CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -21,6 +21,12 @@ NOT_STORED_HEADERS = frozenset({"age", "set-cookie"})
 # Part of every key: a ranged request and a full one are different requests (a 206 is a part of the body), so a
 # stored part is only ever served to the same range (RFC 9111 §3.3 would combine parts; this cache does not).
 RANGE_HEADERS = ("range", "if-range")
+
+
+def may_answer(route: Route, method: str) -> bool:
+    """Whether a request could be answered from the cache (a HIT, or STALE while the upstream fails): the breaker
+    gate lets such a request on to the cache, which plans it as a read."""
+    return method in CACHEABLE_METHODS and route.cache is not None
 
 
 class Mode(Enum):

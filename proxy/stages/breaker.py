@@ -26,7 +26,7 @@ from typing import Any
 import pybreaker
 
 from proxy import adapters
-from proxy.cache.rules import CACHEABLE_METHODS
+from proxy.cache.rules import may_answer
 from proxy.deadline import Deadline
 from proxy.errors import CircuitOpen, EgressError, UpstreamTimeout
 from proxy.exchange import Answer, Exchange, Next, Reply
@@ -42,7 +42,7 @@ class BreakerStage:
     async def __call__(self, ex: Exchange, next: Next) -> Reply:
         assert ex.target is not None and ex.upstream is not None
         route = ex.target.route
-        if route.cache is None or ex.method not in CACHEABLE_METHODS:
+        if not may_answer(route, ex.method):
             refusal = ex.upstream.breakers.of(route).refusal()
             if refusal is not None:
                 return refusal

@@ -16,6 +16,8 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
+import pybreaker
+
 from proxy.errors import EgressError
 from proxy.exchange import Answer, Exchange, Next, Reply
 
@@ -80,7 +82,7 @@ class _Race:
         breaker = state.breakers.of(self.route)
         if ex.deadline.remaining() <= 0:
             self._count("no_time")
-        elif breaker.state != "closed":
+        elif breaker.state != pybreaker.STATE_CLOSED:
             self._count("breaker")
         elif not state.bulkhead.try_acquire():
             self._count("overloaded")
