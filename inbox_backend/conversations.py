@@ -53,7 +53,7 @@ async def send_text(
     delivered it, and the sidecar never retries it, so at most once) marks it `unknown` and is answered
     502 `delivery_unknown`: the caller must not take it for failed and send it again.
     """
-    row = await db.insert_message(
+    row = await db.insert_outgoing(
         {
             "conversation_id": conversation_id,
             "account_id": account["id"],

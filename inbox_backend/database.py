@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -93,11 +94,25 @@ class Database:
         rows = await self._insert("messages", row, on_conflict="wa_message_id", resolution="ignore-duplicates")
         return rows[0] if rows else None
 
-    async def insert_message(self, row: Row) -> Row:
-        return (await self._insert("messages", row))[0]
+    async def insert_outgoing(self, row: Row) -> Row:
+        """Store an outgoing message under an id of the backend's choosing (`client_ref`), so the insert is
+        idempotent: sent twice (a retry, a hedge's twin) it stores one row, and the sidecar may replay it."""
+        ref = uuid.uuid4().hex
+        rows = await self._insert(
+            "messages", {**row, "client_ref": ref}, on_conflict="client_ref", resolution="ignore-duplicates"
+        )
+        if rows:
+            return rows[0]
+        # Ignored as a duplicate: the other copy of this very insert landed first.
+        rows = await self._select("messages", {"client_ref": eq(ref)}, limit=1)
+        if not rows:
+            raise ApiError(502, "external_api_unavailable", detail="supabase: a stored message is not readable yet")
+        return rows[0]
 
     async def update_message(self, message_id: int, changes: Mapping[str, Any]) -> Row:
-        return await self._update("messages", message_id, changes)
+        """A message's status after its send. It sets values, and only the send's outcome writes them, so it is
+        idempotent: sent with an Idempotency-Key, the sidecar may retry and hedge it."""
+        return await self._update("messages", message_id, changes, idempotent=True)
 
     async def recent_messages(self, conversation_id: int, limit: int) -> list[Row]:
         """The last `limit` messages, oldest first.
@@ -133,11 +148,16 @@ class Database:
         prefer = f"{REPRESENTATION},resolution={resolution}" if resolution else REPRESENTATION
         # An insert that resolves duplicates on its conflict target can be sent twice and store one row: say so,
         # and the sidecar may retry (and hedge) it like a read instead of treating it as a one-shot write.
-        key = _idempotency_key(table, on_conflict, row) if resolution and on_conflict else None
+        key = None
+        if resolution and on_conflict:
+            key = _idempotency_key(table, {column: row.get(column) for column in on_conflict.split(",")})
         return _rows(await self._send("POST", table, params, body=row, prefer=prefer, idempotency_key=key))
 
-    async def _update(self, table: str, row_id: int, changes: Mapping[str, Any]) -> Row:
-        rows = _rows(await self._send("PATCH", table, {"id": eq(row_id)}, body=dict(changes), prefer=REPRESENTATION))
+    async def _update(self, table: str, row_id: int, changes: Mapping[str, Any], *, idempotent: bool = False) -> Row:
+        key = _idempotency_key(table, {"id": row_id, **changes}) if idempotent else None
+        params = {"id": eq(row_id)}
+        rows = _rows(await self._send("PATCH", table, params, body=dict(changes), prefer=REPRESENTATION,
+                                      idempotency_key=key))
         if not rows:
             raise ApiError(404, "not_found", detail=f"{table} {row_id} does not exist")
         return rows[0]
@@ -153,10 +173,10 @@ class Database:
         return (await self.caller.send(call)).data
 
 
-def _idempotency_key(table: str, on_conflict: str, row: Row) -> str:
-    """`messages:<digest>`: the row's identity on its conflict target, hashed (a header carries no phone number,
-    and no byte a webhook chose)."""
-    identity = json.dumps([row.get(column) for column in on_conflict.split(",")], default=str)
+def _idempotency_key(table: str, identity_columns: Row) -> str:
+    """`messages:<digest>`: what makes the write the same write (a row's identity on its conflict target; an
+    update's row id and values), hashed (a header carries no phone number, and no byte a webhook chose)."""
+    identity = json.dumps(identity_columns, default=str, sort_keys=True)
     return f"{table}:{hashlib.sha256(identity.encode()).hexdigest()[:32]}"
 
 

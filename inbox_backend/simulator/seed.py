@@ -81,8 +81,9 @@ SCHEMAS: Final[tuple[TableSchema, ...]] = (
             Column("media_id", "text"),
             Column("created_at", "timestamptz", nullable=False, default=now_iso),
             Column("status", "text"),
+            Column("client_ref", "text"),  # an outgoing message's id chosen by the backend: its insert is idempotent
         ),
-        unique=(("id",), ("wa_message_id",)),
+        unique=(("id",), ("wa_message_id",), ("client_ref",)),
         foreign_keys=(ForeignKey("conversation_id", "conversations"), ForeignKey("account_id", "accounts")),
     ),
 )

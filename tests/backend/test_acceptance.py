@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from tests.backend.harness import ADMIN, ALICE, FAST_GEMINI, USER, MakeStack, Stack
@@ -107,3 +108,31 @@ async def test_a_send_that_provably_did_not_happen_is_retried_and_delivered_once
     assert body["status"] == "sent" and body["wa_message_id"].startswith("wamid.")
     assert stack.sim.state.request_count("whatsapp", "send_message") == 2
     assert stack.sim.state.delivery_count(to=ALICE, body="after the throttle") == 1
+
+
+async def test_a_slow_outgoing_insert_is_hedged_and_stores_the_message_once(stack: Stack) -> None:
+    # The insert carries a client-side id (client_ref) and an Idempotency-Key, so the shipped policy's `rest`
+    # route hedges it after 300 ms. The slow first copy lands after its twin and is ignored as a duplicate.
+    stack.sim.state.add_fault(upstream="supabase", route="rest:messages:POST", kind="delay", delay=2.0, count=1)
+    started = time.monotonic()
+    status, body, _ = await stack.call("POST", "/messages", headers=USER,
+                                       json_body={"conversation_id": 1, "text": "hedged insert"})
+    elapsed = time.monotonic() - started
+    assert status == 201, body
+    assert elapsed < 1.8, elapsed  # the twin's answer, not the 2 s copy's
+    assert stack.sim.state.request_count("supabase", "rest:messages:POST") == 2
+    assert stack.sim.state.delivery_count(to=ALICE, body="hedged insert") == 1
+    await asyncio.sleep(2.2)  # the slow copy has landed by now
+    [row] = stack.rows("messages", body="hedged insert")
+    assert row["status"] == "sent" and row["client_ref"] == body["client_ref"]
+
+
+async def test_the_status_update_after_a_send_is_retried_so_a_sent_message_is_not_left_sending(stack: Stack) -> None:
+    # The PATCH sets fixed values and carries an Idempotency-Key: a 503 is retried, not left as `sending`.
+    stack.sim.state.add_fault(upstream="supabase", route="rest:messages:PATCH", kind="status", status=503, count=1)
+    status, body, _ = await stack.call("POST", "/messages", headers=USER,
+                                       json_body={"conversation_id": 1, "text": "status retried"})
+    assert (status, body["status"]) == (201, "sent"), body
+    assert stack.sim.state.request_count("supabase", "rest:messages:PATCH") == 2
+    [row] = stack.rows("messages", body="status retried")
+    assert row["status"] == "sent"
