@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.out or REPO_ROOT / "bench" / "results" / f"chaos-{now:%Y%m%d-%H%M%S}"
     out.mkdir(parents=True, exist_ok=True)
     runs = [run_mode(mode, scenario, out / "logs" / mode) for mode in modes]
-    summary = {run.mode: summarize(run) for run in runs}
+    summary = {run.mode: summarize(run, scenario.outage) for run in runs}
     meta = {"date": now.isoformat(timespec="seconds"), "rate": scenario.rate, "seconds": scenario.seconds,
             "seed": scenario.seed, "quick": args.quick,
             "machine": f"{platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, Python "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from bench.chaos.load import Result
@@ -42,7 +42,31 @@ def latency_stats(results: Iterable[Result]) -> dict[str, Any]:
     }
 
 
-def summarize(run: ModeRun) -> dict[str, Any]:
+def by_window(results: Sequence[Result], outage: tuple[float, float]) -> dict[str, Any]:
+    """5xx during the outage (by intended send time) and outside it: what the sidecar can change is mostly outside."""
+    start, end = outage
+    inside = [r for r in results if start <= r.at < end]
+    outside = [r for r in results if not start <= r.at < end]
+    return {"during_outage": sum(map(failed, inside)) / max(1, len(inside)),
+            "outside_outage": sum(map(failed, outside)) / max(1, len(outside))}
+
+
+def breaker_open(breakers: Sequence[tuple[float, Mapping[str, str]]], outage_end: float) -> dict[str, dict[str, float]]:
+    """Per breaker, from the admin port's polls (each state held until the next poll): seconds not closed, and how
+    long it stayed so after the outage ended (its trials failing, or not due yet)."""
+    out: dict[str, dict[str, float]] = {}
+    ends = [t for t, _ in breakers[1:]] + ([breakers[-1][0] + 1.0] if breakers else [])
+    for (t, states), t_next in zip(breakers, ends, strict=True):
+        for name, state in states.items():
+            entry = out.setdefault(name, {"open_s": 0.0, "open_after_outage_s": 0.0})
+            if state != "closed":
+                entry["open_s"] = round(entry["open_s"] + t_next - t, 1)
+                if t_next > outage_end:
+                    entry["open_after_outage_s"] = round(t_next - outage_end, 1)
+    return {name: entry for name, entry in out.items() if entry["open_s"] > 0}
+
+
+def summarize(run: ModeRun, outage: tuple[float, float]) -> dict[str, Any]:
     results = run.results
     deliveries = run.stats["deliveries"]
     per_text = Counter((d["to"], d["body"]) for d in deliveries)
@@ -70,6 +94,8 @@ def summarize(run: ModeRun) -> dict[str, Any]:
         "upstream_requests_by_upstream": {u: sum(routes.values()) for u, routes in run.stats["requests"].items()},
         "faults_applied": run.stats["faults_applied"],
         "errors": dict(errors.most_common()),
+        "five_xx_by_window": by_window(results, outage),
+        "breaker_open": breaker_open(run.breakers, outage[1]),
         "endpoints": {e: latency_stats(r for r in results if r.endpoint == e) for e in endpoints},
     }
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bench.chaos.analysis import over_time
+from bench.chaos.analysis import failed, over_time
 from bench.chaos.run import ModeRun
 from bench.chaos.scenario import Scenario
 
@@ -46,6 +47,56 @@ def goals(summary: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, bool | No
     return out
 
 
+# What each of the backend's error codes says about the sidecar's stages (inbox_backend/errors.py maps them).
+STAGE_OF_CODE = {
+    "unavailable": "refused at once (the breaker open, a bulkhead full or a throttle): the upstream was down or over "
+                   "its limits",
+    "external_api_timeout": "timeouts: attempts hung past their read timeout until the deadline",
+    "database_timeout": "timeouts: attempts hung past their read timeout until the deadline",
+    "external_api_unavailable": "retries: the upstream's 5xx or resets outlasted the attempts (or it was not "
+                                "idempotent)",
+}
+
+
+def _stage_of(code: str) -> str:
+    key = "unavailable" if code.endswith("_unavailable") and code != "external_api_unavailable" else code
+    return STAGE_OF_CODE.get(key, "no answer from the backend" if not code else "the backend's own answer")
+
+
+def causes(runs: list[ModeRun], summary: Mapping[str, Mapping[str, Any]], scenario: Scenario) -> list[str]:
+    """In words, for each goal not met, where the sidecar mode's misses come from (which stage, which endpoint)."""
+    side, legacy = summary.get("sidecar"), summary.get("legacy")
+    run = next((r for r in runs if r.mode == "sidecar"), None)
+    if side is None or legacy is None or run is None:
+        return []
+    met = dict(goals(summary))
+    lines: list[str] = []
+    if not met.get("5xx rate at most 10% of legacy's", True) or not met.get("5xx rate better than direct's", True):
+        windows = side["five_xx_by_window"]
+        lines.append(f"- **5xx**: {side['five_xx_rate']:.2%} in all, {windows['during_outage']:.2%} of the requests "
+                     f"sent during the outage, {windows['outside_outage']:.2%} outside it.")
+        failures: Counter[tuple[str, int, str]] = Counter()
+        for r in run.results:
+            if failed(r):
+                failures[(r.endpoint, r.status, r.code)] += 1
+        total = sum(failures.values())
+        for (endpoint, status, code), n in failures.most_common(4):
+            lines.append(f"  - `{endpoint}` {status} `{code}`: {n} ({n / total:.0%} of the 5xx), {_stage_of(code)}.")
+        for name, b in side["breaker_open"].items():
+            lines.append(f"  - breaker `{name}`: not closed for {b['open_s']:.0f}s, {b['open_after_outage_s']:.0f}s of "
+                         "them after the outage ended (its trial failed, or was not due yet).")
+    if not met.get("p95 at most 50% of legacy's", True):
+        threshold = 0.5 * legacy["p95_ms"] / 1000
+        slow = Counter(r.endpoint for r in run.results if r.latency > threshold)
+        share = sum(slow.values()) / len(run.results)
+        by_endpoint = ", ".join(f"`{e}` {n}" for e, n in slow.most_common())
+        lines.append(f"- **p95**: {share:.1%} of the requests took longer than half legacy's p95 "
+                     f"({threshold:.2f} s; at most 5% may): {by_endpoint}. Supabase's 3 s delays on calls that are "
+                     "neither cached nor hedged (writes without an Idempotency-Key) and the hedges' "
+                     "thresholds set this tail.")
+    return lines
+
+
 def table(summary: Mapping[str, Mapping[str, Any]]) -> list[str]:
     modes = list(summary)
     lines = ["| | " + " | ".join(modes) + " |", "|---|" + "---|" * len(modes)]
@@ -56,7 +107,7 @@ def table(summary: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def markdown(summary: Mapping[str, Mapping[str, Any]], scenario: Scenario, meta: Mapping[str, Any],
-             plots: list[str]) -> str:
+             plots: list[str], why: list[str]) -> str:
     start, end = scenario.outage
     lines = [
         "# Chaos benchmark", "",
@@ -74,6 +125,8 @@ def markdown(summary: Mapping[str, Mapping[str, Any]], scenario: Scenario, meta:
         for goal, met in found:
             lines.append(f"- {'n/a (mode not run)' if met is None else 'met' if met else '**not met**'}: {goal}")
         lines.append("")
+    if why:
+        lines += ["## Why (the goals not met, by stage)", "", *why, ""]
     lines += ["## Per endpoint", "", "| mode | endpoint | requests | 5xx | p50 ms | p95 ms | p99 ms |",
               "|---|---|---|---|---|---|---|"]
     for mode, s in summary.items():
@@ -187,4 +240,4 @@ def write(runs: list[ModeRun], summary: Mapping[str, Mapping[str, Any]], scenari
     document = {"meta": dict(meta), "goals": [{"goal": g, "met": m} for g, m in goals(summary)],
                 "modes": dict(summary)}
     (out / "summary.json").write_text(json.dumps(document, indent=2) + "\n")
-    (out / "report.md").write_text(markdown(summary, scenario, meta, plots))
+    (out / "report.md").write_text(markdown(summary, scenario, meta, plots, causes(runs, summary, scenario)))
