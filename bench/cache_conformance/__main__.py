@@ -77,7 +77,8 @@ def measure(checkout: Path, out: Path, names: list[str], route_cache: str) -> di
                   flush=True)
         if (tmp / "nginx-error.log").exists():
             shutil.copy(tmp / "nginx-error.log", logs / "nginx-error.log")
-        meta["bases"] = {target: base.replace(origin, "ORIGIN") for target, base in bases.items()}
+        meta["origin"] = origin
+        meta["bases"] = bases
     return summary.summarize(summary.parse_tests(tests), results, meta)
 
 

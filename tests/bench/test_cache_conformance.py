@@ -71,6 +71,9 @@ def test_lists_the_required_tests_the_cache_breaks() -> None:
     assert "| sidecar-cache | 0 / 3 | 1 / 1 | 1 / 1 |" in text
     assert "fail through the sidecar-cache: 3 (cc-freshness 2, conditional-etag 1)" in text
     assert "HTTP cache must \\| answer" in text  # a `|` in a name does not break the Markdown table
+    # nginx passes freshness-none and freshness-max-age-0, both already listed; conditional-etag fails there too.
+    assert [b["id"] for b in result["nginx_passes_cache_fails"]] == ["freshness-none", "freshness-max-age-0"]
+    assert "fail through the sidecar-cache: 2, of which not listed above: 0" in text
 
 
 def test_recomputes_a_saved_run(tmp_path: Path) -> None:
