@@ -52,7 +52,8 @@ class Metrics:
             ["upstream", "route"], buckets=DURATION_BUCKETS, registry=r,
         )
         self.upstream_errors = Counter(
-            "egress_upstream_errors_total", "Failed attempts, by upstream and egress error reason",
+            "egress_upstream_errors_total", "Failed attempts, by upstream and reason (an egress error's, or "
+            "upstream_5xx: answered with a 5xx status)",
             ["upstream", "reason"], registry=r,
         )
         self.inflight = Gauge(

@@ -8,6 +8,8 @@ from proxy.errors import CircuitOpen, EgressError
 from proxy.exchange import Answer, Exchange, Next, Reply
 from proxy.stages.breaker import settle
 
+UPSTREAM_5XX = "upstream_5xx"  # egress_upstream_errors_total's reason for an attempt answered with a 5xx status
+
 
 class AttemptStage:
     async def __call__(self, ex: Exchange, next: Next) -> Reply:
@@ -34,4 +36,7 @@ class AttemptStage:
         answer = Answer(response)
         failure = settle(trial, answer, route, deadline)
         state.note_attempt(failed=failure is not None or response.status >= 500)
+        if response.status >= 500:  # an answer, but a failed attempt: the error-rate alert must see 70 s of 500s
+            metrics = ex.runtime.metrics
+            metrics.child(metrics.upstream_errors, state.upstream.name, UPSTREAM_5XX).inc()
         return answer

@@ -92,6 +92,22 @@ async def test_metrics_count_requests_durations_errors_and_inflight(upstream, ma
     assert "/v1beta" not in text, "raw paths must never become label values"
 
 
+async def test_an_attempt_answered_5xx_counts_as_an_upstream_error(upstream, make_sidecar, client):
+    # The error-rate alert and the "Failed attempts" panel read this counter: 70 s of Gemini answering 500 used
+    # to leave it at 0. Each attempt counts (here 2: the retry of a 503 too); a 4xx does not.
+    retried = policy(upstream).replace("retry: {attempts: 1}", "retry: {attempts: 2, backoff: {base: 10ms}}", 1)
+    sc = await make_sidecar(retried, {"GEMINI_API_KEY": "k"})
+    upstream.default = respond(503, b"busy")
+    async with client.get(sc.url + "/gemini/v1beta/models") as resp:  # a GET: the 503 is retried
+        assert resp.status == 503
+    upstream.default = respond(404, b"no")
+    async with client.get(sc.url + "/gemini/v1beta/models") as resp:
+        assert resp.status == 404
+    async with client.get(sc.admin + "/metrics") as resp:
+        text = await resp.text()
+    assert sample(text, "egress_upstream_errors_total", upstream="gemini", reason="upstream_5xx") == 2
+
+
 async def test_inflight_gauge_counts_requests_in_progress(upstream, make_sidecar, client):
     import asyncio
 
