@@ -14,3 +14,5 @@
     webhook_payload       signatures, parsing and building WhatsApp webhooks
     stack, send_webhook   `make run` and its curl-able helper
 """
+
+__version__ = "0.1.0"  # the project's version (pyproject.toml), in inbox_build_info

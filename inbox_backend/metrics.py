@@ -10,8 +10,12 @@ set stays bounded whatever callers send. Example queries (see docs/walkthrough.m
 
 from __future__ import annotations
 
+import platform
+
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, ProcessCollector, generate_latest
+
+from inbox_backend import __version__
 
 # 5 ms .. 30 s: from a cached read to a Gemini reply at the policy's timeout.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0)
@@ -49,6 +53,10 @@ class Metrics:
         self.webhook_messages = Counter(
             "inbox_webhook_messages_total", "Inbound WhatsApp messages, by result (stored, duplicate, unknown_account)",
             ["result"], registry=r,
+        )
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, open fds, start time
+        Info("inbox_build", "The backend's version and Python", registry=r).info(
+            {"version": __version__, "python": platform.python_version()}
         )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:

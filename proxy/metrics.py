@@ -9,13 +9,15 @@ answered before it.
 from __future__ import annotations
 
 import asyncio
+import platform
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from proxy import __version__
 from proxy.memo import Memo
 
 # 5 ms .. 60 s: from a cache hit to the slowest media download the policy allows.
@@ -97,6 +99,10 @@ class Metrics:
         self.cache_entries = Gauge("egress_cache_entries", "Entries in the memory cache", registry=r)
         self.cache_bytes = Gauge("egress_cache_bytes", "Body bytes held by the memory cache", registry=r)
         r.register(_LoopTasks())
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, open fds, start time
+        Info("egress_build", "The sidecar's version and Python", registry=r).info(
+            {"version": __version__, "python": platform.python_version()}
+        )
 
         self._children: Memo[tuple[Counter | Gauge | Histogram, tuple[str, ...]], Any] = Memo(CHILD_MEMO)
         self._routes: Memo[tuple[str, str], RouteMetrics] = Memo(ROUTE_MEMO)

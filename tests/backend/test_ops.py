@@ -69,3 +69,7 @@ async def test_metrics_label_routes_by_pattern_and_time_every_request(stack: Sta
     assert {s.labels["route"] for s in buckets} >= {"/messages/{id}"}
     assert any(s.labels["le"] == "+Inf" and s.value == 3 for s in buckets if s.labels["route"] == "/messages/{id}")
     assert "inbox_bot_reply_failures" in families
+    # the process's own figures and what build it is, for the dashboard's process panels and version labels
+    assert families["process_resident_memory_bytes"].samples[0].value > 0
+    [build] = families["inbox_build_info"].samples
+    assert build.labels["version"] and build.labels["python"]

@@ -90,6 +90,8 @@ async def test_metrics_count_requests_durations_errors_and_inflight(upstream, ma
     assert sample(text, "egress_upstream_errors_total", upstream="gemini", reason="upstream_timeout") == 1
     assert sample(text, "egress_inflight_requests", upstream="gemini") == 0
     assert "/v1beta" not in text, "raw paths must never become label values"
+    assert sample(text, "process_resident_memory_bytes") > 0
+    assert re.search(r'^egress_build_info\{python="[0-9.]+",version="[^"]+"\} 1\.0$', text, re.M)
 
 
 async def test_an_attempt_answered_5xx_counts_as_an_upstream_error(upstream, make_sidecar, client):
