@@ -58,6 +58,18 @@ def test_every_metric_named_is_exported(source: str) -> None:
     assert not missing, f"{source} name metrics nobody exports: {sorted(missing)}"
 
 
+def test_every_panel_names_its_series_by_the_labels_it_groups_by() -> None:
+    # Without a legend format Grafana shows each series as its whole label set: unreadable on a small panel.
+    dashboard = json.loads((CONFIG / "grafana" / "egress-sidecar.json").read_text())
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            legend = target.get("legendFormat")
+            assert legend, f"panel {panel['title']!r} has no legend format"
+            grouped = re.search(r"by \(([^)]*)\)", target["expr"])
+            labels = {label.strip() for label in grouped.group(1).split(",")} - {"le"} if grouped else set()
+            assert set(re.findall(r"\{\{(\w+)\}\}", legend)) == labels, (panel["title"], legend)
+
+
 def test_prometheus_config_points_at_the_admin_port_and_the_backend() -> None:
     config = yaml.safe_load((CONFIG / "prometheus" / "prometheus.yml").read_text())
     targets = {t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]}
