@@ -58,6 +58,18 @@ def test_every_metric_named_is_exported(source: str) -> None:
     assert not missing, f"{source} name metrics nobody exports: {sorted(missing)}"
 
 
+def test_every_alert_is_tested_firing_and_not_firing() -> None:
+    # promtool runs the cases (test_promtool_accepts_the_config_and_rules); this checks there is one of each.
+    rules = yaml.safe_load((CONFIG / "prometheus" / "alerts.yml").read_text())
+    alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"]}
+    cases = yaml.safe_load((CONFIG / "prometheus" / "alerts_test.yml").read_text())["tests"]
+    checks = [check for case in cases for check in case["alert_rule_test"]]
+    fires = {c["alertname"] for c in checks if c["exp_alerts"]}
+    stays_quiet = {c["alertname"] for c in checks if not c["exp_alerts"]}
+    assert alerts - fires == set(), "never shown firing"
+    assert alerts - stays_quiet == set(), "never shown quiet"
+
+
 def test_every_panel_names_its_series_by_the_labels_it_groups_by() -> None:
     # Without a legend format Grafana shows each series as its whole label set: unreadable on a small panel.
     dashboard = json.loads((CONFIG / "grafana" / "egress-sidecar.json").read_text())
