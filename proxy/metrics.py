@@ -74,7 +74,8 @@ class Metrics:
             ["upstream"], registry=r,
         )
         self.breaker_state = Gauge(
-            "egress_breaker_state", "Breaker state: 0 closed, 1 half-open, 2 open", ["breaker"], registry=r
+            "egress_breaker_state", "Breaker state at the scrape: 0 closed, 1 half-open or due for its trial, 2 open",
+            ["breaker"], registry=r,
         )
         self.breaker_transitions = Counter(
             "egress_breaker_transitions_total", "Breaker state changes, by target state", ["breaker", "to"],

@@ -35,7 +35,8 @@ from proxy.policy import BreakerPolicy, Route, Upstream
 
 log = logging.getLogger("egress.breaker")
 
-STATE_VALUES = {pybreaker.STATE_CLOSED: 0, pybreaker.STATE_HALF_OPEN: 1, pybreaker.STATE_OPEN: 2}
+PHASE_VALUES = {pybreaker.STATE_CLOSED: 0.0, pybreaker.STATE_HALF_OPEN: 1.0, "due": 1.0, pybreaker.STATE_OPEN: 2.0,
+                "forced_open": 2.0}
 
 
 class BreakerStage:
@@ -126,7 +127,25 @@ class Breaker:
         return max(0.0, self._opened_mono + self.policy.reset_after - time.monotonic())
 
     def retry_at(self) -> float | None:
-        return None if self.opened_at is None or self.state != "open" else self.opened_at + self.policy.reset_after
+        """Wall-clock time of the next trial; None when closed, half-open or held open by an operator."""
+        if self.opened_at is None or self.state != pybreaker.STATE_OPEN or self.forced_open:
+            return None
+        return self.opened_at + self.policy.reset_after
+
+    def phase(self) -> str:
+        """The state as it is now, not as of the last transition: an open breaker whose trial is due is `due` (the
+        next request is the trial), one an operator opened is `forced_open`. pybreaker moves to half-open only
+        when a request arrives, so its state alone says `open` for as long as no traffic comes."""
+        if self.state != pybreaker.STATE_OPEN:
+            return self.state
+        if self.forced_open:
+            return "forced_open"
+        return "due" if self.retry_in() == 0 else pybreaker.STATE_OPEN
+
+    def exported_state(self) -> float:
+        """egress_breaker_state, computed at each scrape: 2 refusing, 1 letting a trial through (half-open, or due
+        for its trial), 0 closed. A breaker past its retry time no longer reads as open, so its alert resolves."""
+        return PHASE_VALUES[self.phase()]
 
     def refusal(self) -> CircuitOpen | None:
         """The answer while open and not yet due for a trial, else None; no side effects. The pipeline asks
@@ -240,8 +259,9 @@ class Breaker:
             "threshold": self.policy.failures,
             "reset_after_seconds": self.policy.reset_after,
             "opened_at": self.opened_at,
+            "phase": self.phase(),
             "retry_at": self.retry_at(),
-            "retry_in_seconds": round(self.retry_in(), 3),
+            "retry_in_seconds": None if self.forced_open else round(self.retry_in(), 3),
             "forced_open": self.forced_open,
             "counts": dict(self.outcomes),
         }
@@ -251,8 +271,14 @@ class Breaker:
             self.opened_at = time.time()
             self._opened_mono = time.monotonic()
             self._answer = self._open_answer()
+            if self.forced_open:
+                log.warning("Circuit breaker OPEN for %s by an operator (holds until closed)", self.name)
+            else:
+                log.warning("Circuit breaker OPEN for %s after %d failures (retry in %.0fs)",
+                            self.name, self.failures, self.policy.reset_after)
             return
         self._answer = None
+        log.warning("Circuit breaker %s for %s", new.upper(), self.name)
         if new == pybreaker.STATE_CLOSED:
             self.opened_at = None
 
@@ -268,23 +294,14 @@ class _Transitions(pybreaker.CircuitBreakerListener):
 
 
 class BreakerTelemetry(pybreaker.CircuitBreakerListener):
-    """Breaker transitions -> a log line an operator can grep, and the breaker metrics."""
+    """Breaker transitions -> egress_breaker_transitions_total (the breaker logs them itself: it knows whether an
+    operator forced the change; the state gauge reads each breaker at scrape, `Breaker.exported_state`)."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
     def state_change(self, cb: pybreaker.CircuitBreaker, old: Any, new: Any) -> None:
-        name = str(cb.name)
-        state = str(new.name)
-        self.metrics.breaker_state.labels(name).set(STATE_VALUES[state])
-        self.metrics.breaker_transitions.labels(name, state).inc()
-        if state == pybreaker.STATE_OPEN:
-            log.warning(
-                "Circuit breaker OPEN for %s after %d failures (retry in %.0fs)",
-                name, cb.fail_counter, cb.reset_timeout,
-            )
-        else:
-            log.warning("Circuit breaker %s for %s", state.upper(), name)
+        self.metrics.breaker_transitions.labels(str(cb.name), str(new.name)).inc()
 
 
 class Breakers:
@@ -311,7 +328,7 @@ class Breakers:
                 breaker.reconfigure(route.breaker)
             else:
                 breaker = Breaker(name, upstream.name, route.breaker, telemetry)
-                telemetry.metrics.breaker_state.labels(name).set(0)
+            telemetry.metrics.breaker_state.labels(name).set_function(breaker.exported_state)
             by_name[name] = breaker
         return cls(by_name)
 

@@ -168,6 +168,39 @@ async def test_breaker_metrics_and_transition_log(upstream, make_sidecar, client
     assert any(r.getMessage().startswith("Circuit breaker OPEN for gemini after 3 failures") for r in caplog.records)
 
 
+async def test_an_open_breaker_due_for_its_trial_reads_as_due_without_traffic(upstream, make_sidecar, client):
+    # pybreaker only turns half-open when a request arrives: the gauge (and so EgressBreakerOpen) must not say
+    # "open" for as long as no traffic comes after the retry time.
+    upstream.default = respond(500)
+    sc = await make_sidecar(policy(upstream.url, "failures: 3, reset_after: 200ms"))
+    await open_it(client, sc.url + "/gemini/x")
+    async with client.get(sc.admin + "/metrics") as resp:
+        assert sample(await resp.text(), "egress_breaker_state", breaker="gemini") == 2
+    await asyncio.sleep(0.4)
+    async with client.get(sc.admin + "/metrics") as resp:
+        assert sample(await resp.text(), "egress_breaker_state", breaker="gemini") == 1
+    async with client.get(sc.admin + "/breakers") as resp:
+        gemini = (await resp.json())["gemini"]
+    assert (gemini["state"], gemini["phase"], gemini["retry_in_seconds"]) == ("open", "due", 0)
+
+
+async def test_an_operators_open_says_so_and_shows_no_retry_time(upstream, make_sidecar, client, caplog):
+    caplog.set_level(logging.WARNING, logger="egress.breaker")
+    upstream.default = respond(200)
+    sc = await make_sidecar(policy(upstream.url, "failures: 3, reset_after: 200ms"))
+    async with client.post(sc.admin + "/breakers/gemini/open") as resp:
+        assert resp.status == 200
+    await asyncio.sleep(0.4)  # past reset_after: an operator's open holds anyway
+    async with client.get(sc.admin + "/breakers") as resp:
+        gemini = (await resp.json())["gemini"]
+    assert (gemini["phase"], gemini["retry_at"], gemini["retry_in_seconds"]) == ("forced_open", None, None)
+    async with client.get(sc.admin + "/metrics") as resp:
+        assert sample(await resp.text(), "egress_breaker_state", breaker="gemini") == 2
+    messages = [r.getMessage() for r in caplog.records]
+    assert "Circuit breaker OPEN for gemini by an operator (holds until closed)" in messages
+    assert not any("after 0 failures" in m for m in messages)
+
+
 async def test_operator_overrides_need_the_token_when_one_is_set(upstream, make_sidecar, client):
     upstream.default = respond(200)
     sc = await make_sidecar(policy(upstream.url, admin="admin: {listen: 127.0.0.1:0, token: op-token}"))
