@@ -85,6 +85,10 @@ class Metrics:
             "egress_rejected_total", "Requests refused without contacting the upstream",
             ["upstream", "reason"], registry=r,
         )
+        self.observed = Counter(
+            "egress_observed_total", "Refusals computed but not enforced (`mode: observe`), by upstream and decision "
+            "(circuit_open, trial_in_flight, overloaded, queued)", ["upstream", "decision"], registry=r,
+        )
         self.reloads = Counter(
             "egress_policy_reloads_total", "Policy reloads, applied or refused (a bad file keeps the running policy)",
             ["result"], registry=r,

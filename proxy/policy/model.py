@@ -136,6 +136,13 @@ class BreakerPolicy:
     # A reset counts: after the body left it is still the upstream's failure, and a WhatsApp that reset every send
     # must open its breaker (it did not while `reset` was left out).
     count: Conditions = Conditions(names=frozenset({"connect_error", "reset", "timeout"}), classes=frozenset({5}))
+    # `observe`: the breaker counts, opens and trials as usual, but a refusal is only counted and logged
+    # (egress_observed_total), never enforced: a new threshold rehearsed on live traffic.
+    mode: str = "enforce"
+
+    @property
+    def enforcing(self) -> bool:
+        return self.mode == "enforce"
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +156,12 @@ class Limits:
     # A request that may not be replayed (a WhatsApp send) only goes out on a connection used this recently (or a
     # new one): lost on a stale connection, it could not be told apart from one the upstream processed.
     keepalive_non_idempotent: float = 1.0
+    # `observe`: a request over `max_concurrent` + `max_queue` is counted and logged (egress_observed_total), and sent.
+    mode: str = "enforce"
+
+    @property
+    def enforcing(self) -> bool:
+        return self.mode == "enforce"
 
 
 @dataclass(frozen=True, slots=True)

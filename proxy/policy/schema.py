@@ -442,6 +442,9 @@ BREAKER = Section("breaker", BreakerPolicy, (
     Field("failures", count(1), "consecutive counted failures that open the breaker"),
     Field("reset_after", POSITIVE_DURATION, "open time before one trial request is let through"),
     Field("count", CONDITIONS, "outcomes that count (4xx never, unless listed)"),
+    Field("mode", choice("enforce", "observe"), "`observe`: it counts, opens and trials as usual, but its refusals "
+          "are only counted (`egress_observed_total`) and logged, and the request goes on: a threshold rehearsed on "
+          "live traffic (an operator's open is enforced anyway)"),
 ), "a route with its own `breaker:` gets its own breaker `upstream.route`", INHERITABLE)
 LIMITS = Section("limits", Limits, (
     Field("max_concurrent", count(1), "requests in flight per upstream"),
@@ -453,6 +456,8 @@ LIMITS = Section("limits", Limits, (
     Field("keepalive_non_idempotent", DURATION, "a request that may not be replayed (POST, PATCH without "
           "`Idempotency-Key`) only goes out on a connection used this recently, or a new one (`0s`: always a new "
           "one)"),
+    Field("mode", choice("enforce", "observe"), "`observe`: a request beyond `max_concurrent` + `max_queue` is "
+          "counted (`egress_observed_total`), logged and sent anyway"),
 ), levels=PER_UPSTREAM)
 THROTTLE = Section("throttle", ThrottleRule, (
     Field("status", STATUS, "the status that may signal throttling (any 429 does)",

@@ -44,8 +44,9 @@ class BreakerStage:
         assert ex.target is not None and ex.upstream is not None
         route = ex.target.route
         if not may_answer(route, ex.method):
-            refusal = ex.upstream.breakers.of(route).refusal()
-            if refusal is not None:
+            breaker = ex.upstream.breakers.of(route)
+            refusal = breaker.refusal()
+            if refusal is not None and breaker.enforces:  # observed refusals are counted once, at `admit`
                 return refusal
         return await next(ex)
 
@@ -89,10 +90,11 @@ class Trial:
 
 class Breaker:
     def __init__(
-        self, name: str, upstream: str, policy: BreakerPolicy, listener: pybreaker.CircuitBreakerListener
+        self, name: str, upstream: str, policy: BreakerPolicy, listener: BreakerTelemetry
     ) -> None:
         self.name = name
         self.upstream = upstream
+        self.telemetry = listener
         self.policy = policy
         self._cb = pybreaker.CircuitBreaker(
             fail_max=policy.failures,
@@ -109,6 +111,7 @@ class Breaker:
         self.forced_open = False  # an operator's "open" holds until an operator closes it
         self.outcomes: Counter[str] = Counter()
         self._answer: CircuitOpen | None = None  # while open: the refusal, made once per open period
+        self._observed_period: float | None = None  # observe mode: the open period (opened_at) already logged
 
     # -- state -------------------------------------------------------------------------------------
 
@@ -157,10 +160,25 @@ class Breaker:
             return answer
         return None
 
+    @property
+    def enforces(self) -> bool:
+        """Whether its refusals are enforced: always, but in `mode: observe` (then only an operator's open is)."""
+        return self.policy.enforcing or self.forced_open
+
     def check_open(self) -> None:
-        """Raise a `CircuitOpen` of its own where `refusal()` would answer."""
+        """Raise a `CircuitOpen` of its own where `refusal()` would answer (observed instead in observe mode)."""
         if self.refusal() is not None:
+            if not self.enforces:
+                self._observe("circuit_open")
+                return
             raise self._open_answer()
+
+    def _observe(self, decision: str) -> None:
+        """A refusal not enforced (`mode: observe`): counted every time, logged once per open period."""
+        self.telemetry.metrics.observed.labels(self.upstream, decision).inc()
+        if self._observed_period != self.opened_at:
+            self._observed_period = self.opened_at
+            log.warning("Circuit breaker %s would refuse calls (%s); observe mode: sending them", self.name, decision)
 
     def _open_answer(self) -> CircuitOpen:
         reset_after = self.policy.reset_after
@@ -174,6 +192,8 @@ class Breaker:
 
     def admits(self) -> bool:
         """Whether `admit()` would grant an attempt now; no side effects."""
+        if not self.enforces:
+            return True
         if self.refusal() is not None:
             return False
         return not (self.state == pybreaker.STATE_HALF_OPEN and self._trial is not None)
@@ -185,10 +205,15 @@ class Breaker:
         state = self.state
         if hedge and state != pybreaker.STATE_CLOSED:
             raise CircuitOpen(f"breaker {self.name} is {state}: no hedge", upstream=self.upstream, retry_after=1.0)
+        if state == pybreaker.STATE_OPEN and self.refusal() is not None:
+            return Trial(self)  # observe mode: a refusal observed, the attempt sent (its outcome is not counted)
         if state == pybreaker.STATE_OPEN:  # open, and reset_after has passed: this request is the trial
             self._cb.half_open()
             state = pybreaker.STATE_HALF_OPEN
         if state == pybreaker.STATE_HALF_OPEN:
+            if self._trial is not None and not self.enforces:
+                self._observe("trial_in_flight")
+                return Trial(self)
             if self._trial is not None:
                 raise CircuitOpen(
                     f"breaker {self.name} is half-open and its trial request is in flight",

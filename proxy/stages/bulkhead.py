@@ -10,11 +10,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
+import time
 
 from proxy.deadline import Deadline
 from proxy.errors import EgressError, Overloaded, UpstreamTimeout
 from proxy.exchange import Answer, Exchange, Next, Reply
 from proxy.policy import Limits, Upstream
+
+log = logging.getLogger("egress.bulkhead")
+OBSERVE_LOG_EVERY = 30.0  # seconds: an overload comes by the thousand, its warning once per this
 
 
 class BulkheadStage:
@@ -25,13 +30,17 @@ class BulkheadStage:
         gauge = state.inflight
         gauge.inc()
         try:
-            await bulkhead.acquire(ex.target.route.timeouts.pool, ex.deadline)
+            observed = await bulkhead.acquire(ex.target.route.timeouts.pool, ex.deadline)
         except EgressError as refused:  # returned, not raised: the cache above may serve STALE instead
             gauge.dec()
             return refused
         except BaseException:
             gauge.dec()
             raise
+
+        if observed is not None:
+            metrics = ex.runtime.metrics
+            metrics.observed.labels(state.upstream.name, observed).inc()
 
         def give_back() -> None:
             bulkhead.release()
@@ -57,6 +66,7 @@ class Bulkhead:
         self.limits = limits
         self.inflight = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._observed_logged = -OBSERVE_LOG_EVERY  # observe mode: when the last warning went out
 
     @classmethod
     def carry(cls, previous: Bulkhead | None, upstream: Upstream) -> Bulkhead:
@@ -79,11 +89,24 @@ class Bulkhead:
             return True
         return False
 
-    async def acquire(self, pool_timeout: float, deadline: Deadline | None = None) -> None:
-        """A slot, waiting at most `pool_timeout` and never past `deadline`; give it back with `release`."""
+    async def acquire(self, pool_timeout: float, deadline: Deadline | None = None) -> str | None:
+        """A slot, waiting at most `pool_timeout` and never past `deadline`; give it back with `release`. In
+        `limits.mode: observe` a request that finds no free slot takes one at once (beyond `max_concurrent`) and the
+        decision it was spared is returned (`queued` or `overloaded`), for the caller to count; else None."""
         if self.inflight < self.limits.max_concurrent and not self._waiters:
             self.inflight += 1
-            return
+            return None
+        if not self.limits.enforcing:
+            # Nothing queues in observe mode: the ones beyond max_concurrent are those that would be waiting.
+            waiting = self.inflight - self.limits.max_concurrent
+            decision = "overloaded" if waiting >= self.limits.max_queue else "queued"
+            self.inflight += 1
+            now = time.monotonic()
+            if now - self._observed_logged >= OBSERVE_LOG_EVERY:
+                self._observed_logged = now
+                log.warning("upstream %s: %d in flight, over its limits (%s); observe mode: sending it",
+                            self.upstream, self.inflight, decision)
+            return decision
         if len(self._waiters) >= self.limits.max_queue:
             raise Overloaded(
                 f"{self.inflight} requests in flight and {len(self._waiters)} queued (limits reached)",
@@ -108,6 +131,7 @@ class Bulkhead:
         finally:
             with contextlib.suppress(ValueError):
                 self._waiters.remove(waiter)
+        return None
 
     def release(self) -> None:
         while self._waiters:

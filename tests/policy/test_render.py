@@ -107,7 +107,7 @@ def test_the_effective_policy_has_the_defaults_merged():
     assert gemini["retry"] == {"budget": {"ratio": 0.2, "min_per_second": 5.0}}  # per upstream, not per route
     assert generate["breaker"] == {
         "name": "gemini", "failures": 5, "reset_after": "10s",
-        "count": ["connect_error", "reset", "timeout", 401, 403, "5xx"],
+        "count": ["connect_error", "reset", "timeout", 401, 403, "5xx"], "mode": "enforce",
     }
     assert stream["timeouts"]["read"] == "30s" and stream["timeouts"]["total"] == "120s"
     assert default["name"] == "default" and default["match"] == "ANY **"
@@ -116,7 +116,7 @@ def test_the_effective_policy_has_the_defaults_merged():
     ]
     assert gemini["limits"] == {
         "max_concurrent": 100, "max_queue": 50, "max_request_body": None, "keepalive": "4s",
-        "keepalive_non_idempotent": "1s",
+        "keepalive_non_idempotent": "1s", "mode": "enforce",
     }
     supabase = rendered["upstreams"]["supabase"]
     auth = supabase["routes"][0]
