@@ -17,7 +17,7 @@ class AttemptStage:
         state, route, deadline = ex.upstream, ex.target.route, ex.deadline
         breaker = state.breakers.of(route)
         try:
-            trial = breaker.admit(hedge=ex.hedge)
+            trial = breaker.admit(hedge=ex.hedge, request_id=ex.request_id)
         except CircuitOpen as refused:
             return refused
         ex.attempts += 1

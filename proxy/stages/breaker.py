@@ -86,6 +86,7 @@ class Trial:
     breaker: Breaker
     is_trial: bool = False
     settled: bool = False
+    request_id: str = ""  # for the log line of a transition this attempt's outcome causes
 
 
 class Breaker:
@@ -111,6 +112,7 @@ class Breaker:
         self.forced_open = False  # an operator's "open" holds until an operator closes it
         self.outcomes: Counter[str] = Counter()
         self._answer: CircuitOpen | None = None  # while open: the refusal, made once per open period
+        self._cause = ""  # while an outcome is settled: its request id (a transition's log line names it)
         self._observed_period: float | None = None  # observe mode: the open period (opened_at) already logged
 
     # -- state -------------------------------------------------------------------------------------
@@ -173,6 +175,9 @@ class Breaker:
                 return
             raise self._open_answer()
 
+    def _caused_by(self) -> str:
+        return f" request_id={self._cause}" if self._cause else ""
+
     def _observe(self, decision: str) -> None:
         """A refusal not enforced (`mode: observe`): counted every time, logged once per open period."""
         self.telemetry.metrics.observed.labels(self.upstream, decision).inc()
@@ -198,7 +203,7 @@ class Breaker:
             return False
         return not (self.state == pybreaker.STATE_HALF_OPEN and self._trial is not None)
 
-    def admit(self, hedge: bool = False) -> Trial:
+    def admit(self, hedge: bool = False, request_id: str = "") -> Trial:
         """Before an attempt: raise `CircuitOpen` (no upstream contact) or grant the attempt. A `hedge` is only
         granted while closed: the single half-open trial is a real request's, never a speculative copy's."""
         self.check_open()
@@ -206,23 +211,24 @@ class Breaker:
         if hedge and state != pybreaker.STATE_CLOSED:
             raise CircuitOpen(f"breaker {self.name} is {state}: no hedge", upstream=self.upstream, retry_after=1.0)
         if state == pybreaker.STATE_OPEN and self.refusal() is not None:
-            return Trial(self)  # observe mode: a refusal observed, the attempt sent (its outcome is not counted)
+            # observe mode: the refusal observed, the attempt sent (its outcome is not counted)
+            return Trial(self, request_id=request_id)
         if state == pybreaker.STATE_OPEN:  # open, and reset_after has passed: this request is the trial
             self._cb.half_open()
             state = pybreaker.STATE_HALF_OPEN
         if state == pybreaker.STATE_HALF_OPEN:
             if self._trial is not None and not self.enforces:
                 self._observe("trial_in_flight")
-                return Trial(self)
+                return Trial(self, request_id=request_id)
             if self._trial is not None:
                 raise CircuitOpen(
                     f"breaker {self.name} is half-open and its trial request is in flight",
                     upstream=self.upstream,
                     retry_after=1.0,
                 )
-            self._trial = Trial(self, is_trial=True)
+            self._trial = Trial(self, is_trial=True, request_id=request_id)
             return self._trial
-        return Trial(self)
+        return Trial(self, request_id=request_id)
 
     def record(self, trial: Trial, failure: str | None) -> None:
         """After an attempt: `failure` is the counted outcome, or None when the upstream answered fine."""
@@ -237,7 +243,11 @@ class Breaker:
             return  # a late answer from before the breaker opened says nothing about now
         if failure is None and not trial.is_trial and self._cb.fail_counter == 0:
             return  # the common case: healthy and staying so; nothing for the state machine to do
-        adapters.settle(self._cb, failure)
+        self._cause = trial.request_id  # read by the transition's log line, if this outcome causes one
+        try:
+            adapters.settle(self._cb, failure)
+        finally:
+            self._cause = ""
 
     def abandon(self, trial: Trial) -> None:
         """The attempt ended without a verdict (caller went away): free the trial slot, count nothing."""
@@ -299,11 +309,11 @@ class Breaker:
             if self.forced_open:
                 log.warning("Circuit breaker OPEN for %s by an operator (holds until closed)", self.name)
             else:
-                log.warning("Circuit breaker OPEN for %s after %d failures (retry in %.0fs)",
-                            self.name, self.failures, self.policy.reset_after)
+                log.warning("Circuit breaker OPEN for %s after %d failures (retry in %.0fs)%s",
+                            self.name, self.failures, self.policy.reset_after, self._caused_by())
             return
         self._answer = None
-        log.warning("Circuit breaker %s for %s", new.upper(), self.name)
+        log.warning("Circuit breaker %s for %s%s", new.upper(), self.name, self._caused_by())
         if new == pybreaker.STATE_CLOSED:
             self.opened_at = None
 

@@ -96,8 +96,8 @@ class _Race:
             task = asyncio.ensure_future(self.next(twin))
             task.add_done_callback(lambda done: _give_back(done, state))
             self.runners[task] = twin
-            log.info("Hedging %s %s %s: no answer after %d attempt(s) (hedge %d)", state.upstream.name,
-                     ex.method, self.route.name, ex.attempts, ex.hedges)
+            log.info("Hedging %s %s %s: no answer after %d attempt(s) (hedge %d) request_id=%s", state.upstream.name,
+                     ex.method, self.route.name, ex.attempts, ex.hedges, ex.request_id)
 
     def _finish(self) -> None:
         """Cancel the losers still in flight; count each hedge, and its attempt on the request."""

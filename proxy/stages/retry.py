@@ -94,6 +94,7 @@ class RetryContext:
     throttle_rules: tuple[ThrottleRule, ...]
     body: RequestBody
     metrics: Metrics
+    request_id: str
     attempts: int = 0  # tries: attempts this loop made (a hedge is not one of them)
 
     @classmethod
@@ -112,6 +113,7 @@ class RetryContext:
             throttle_rules=state.upstream.throttle,
             body=ex.body,
             metrics=ex.runtime.metrics,
+            request_id=ex.request_id,
         )
 
 
@@ -147,14 +149,15 @@ class RetryLoop:
             verdict = self.decide(outcome)
             if not verdict.retry:
                 if verdict.why_not:
-                    log.info("Not retrying %s %s %s: %s", ctx.upstream, ctx.method, ctx.route.name, verdict.why_not)
+                    log.info("Not retrying %s %s %s: %s request_id=%s", ctx.upstream, ctx.method, ctx.route.name,
+                             verdict.why_not, ctx.request_id)
                 if verdict.throttle is not None and isinstance(outcome, Answer):
                     return await self._throttled(outcome, verdict)
                 return outcome
             log.warning(
-                "Retrying %s %s %s attempt %d/%d in %dms (reason: %s)",
+                "Retrying %s %s %s attempt %d/%d in %dms (reason: %s) request_id=%s",
                 ctx.upstream, ctx.method, ctx.route.name, ctx.attempts + 1, ctx.route.retry.attempts,
-                round(verdict.wait * 1000), verdict.reason,
+                round(verdict.wait * 1000), verdict.reason, ctx.request_id,
             )
             ctx.metrics.retries.labels(ctx.upstream, ctx.route.name, verdict.reason).inc()
             last = outcome

@@ -165,7 +165,9 @@ async def test_breaker_metrics_and_transition_log(upstream, make_sidecar, client
     assert sample(text, "egress_breaker_state", breaker="gemini.models") == 0
     assert sample(text, "egress_breaker_transitions_total", breaker="gemini", to="open") == 1
     assert sample(text, "egress_rejected_total", upstream="gemini", reason="circuit_open") == 1
-    assert any(r.getMessage().startswith("Circuit breaker OPEN for gemini after 3 failures") for r in caplog.records)
+    opened = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Circuit breaker OPEN for gemini")]
+    assert opened[0].startswith("Circuit breaker OPEN for gemini after 3 failures")
+    assert "request_id=" in opened[0]  # the request whose failure opened it
 
 
 async def test_an_open_breaker_due_for_its_trial_reads_as_due_without_traffic(upstream, make_sidecar, client):

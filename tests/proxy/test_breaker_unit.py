@@ -10,26 +10,29 @@ import pybreaker
 import pytest
 
 from proxy.errors import CircuitOpen
+from proxy.metrics import Metrics
 from proxy.policy import BreakerPolicy
-from proxy.stages.breaker import Breaker, Trial
+from proxy.stages.breaker import Breaker, BreakerTelemetry, Trial
 
 RESET_AFTER = 0.2
 PAST_RESET = RESET_AFTER + 0.05
 
 
-class Transitions(pybreaker.CircuitBreakerListener):
+class Transitions(BreakerTelemetry):
     """What pybreaker tells its listeners, in order."""
 
     def __init__(self) -> None:
+        super().__init__(Metrics())
         self.seen: list[str] = []
 
     def state_change(self, cb: pybreaker.CircuitBreaker, old: Any, new: Any) -> None:
+        super().state_change(cb, old, new)
         self.seen.append(new.name)
 
 
 def make(failures: int = 3, reset_after: float = RESET_AFTER, listener: Any = None) -> Breaker:
     policy = BreakerPolicy(failures=failures, reset_after=reset_after)
-    return Breaker("gemini", "gemini", policy, listener or pybreaker.CircuitBreakerListener())
+    return Breaker("gemini", "gemini", policy, listener or BreakerTelemetry(Metrics()))
 
 
 def fail(breaker: Breaker, times: int = 1, outcome: str = "timeout") -> None:

@@ -310,11 +310,11 @@ async def test_every_retry_logs_one_line(upstream, make_sidecar, client, caplog)
     caplog.set_level(logging.WARNING, logger="egress.retry")
     upstream.script(respond(502), respond(503), respond(200))
     sc = await make_sidecar(policy(upstream.url))
-    await call(client, "GET", sc.url + "/gemini/x")
+    await call(client, "GET", sc.url + "/gemini/x", headers={"X-Request-ID": "rid-retry-1"})
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Retrying")]
     assert len(lines) == 2
     assert lines[0].startswith("Retrying gemini GET default attempt 2/3 in ")
-    assert lines[0].endswith("ms (reason: 502)")
+    assert lines[0].endswith("ms (reason: 502) request_id=rid-retry-1")  # the caller's id: grep one request
     assert lines[1].startswith("Retrying gemini GET default attempt 3/3 in ") and "(reason: 503)" in lines[1]
 
 

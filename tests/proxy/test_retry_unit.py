@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 from typing import cast
 
 import aiohttp
-import pybreaker
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
@@ -28,7 +27,7 @@ from proxy.metrics import Metrics
 from proxy.policy import Route, parse_policy
 from proxy.policy.model import RetryBudget
 from proxy.policy.units import MAX_DURATION
-from proxy.stages.breaker import Breaker
+from proxy.stages.breaker import Breaker, BreakerTelemetry
 from proxy.stages.retry import RetryBudgetWindow, RetryContext, RetryLoop, Verdict
 from proxy.throttle import ThrottleClock
 from tests.support.upstream import Behaviour, FaultyUpstream, respond
@@ -84,18 +83,20 @@ def context(
     body: RequestBody | None = None,
 ) -> RetryContext:
     chosen = route(name)
+    metrics = Metrics()
     return RetryContext(
         upstream=UPSTREAM.name,
         route=chosen,
         method=method,
         idempotent=idempotent,
         deadline=Deadline.start(total),
-        breaker=Breaker(chosen.breaker_name, UPSTREAM.name, chosen.breaker, pybreaker.CircuitBreakerListener()),
+        breaker=Breaker(chosen.breaker_name, UPSTREAM.name, chosen.breaker, BreakerTelemetry(metrics)),
         budget=budget or RetryBudgetWindow(chosen.retry.budget),
         throttle=ThrottleClock(UPSTREAM.name),
         throttle_rules=UPSTREAM.throttle,
         body=body or buffered(method),
-        metrics=Metrics(),
+        metrics=metrics,
+        request_id="rid-unit",
     )
 
 
