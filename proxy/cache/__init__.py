@@ -23,6 +23,7 @@ import asyncio
 import functools
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
@@ -179,7 +180,7 @@ class ResponseCache:
                 target.upstream.name, route.name, method, target.path, target.query, identity, self._origin(target)
             )
             return ReadPlan(key, route.cache, request_mode(headers), headers, method, target, redact, asks(headers))
-        if is_unsafe(method) and _invalidated_by_writes(target):
+        if is_unsafe(method) and _caches_any(target):
             return WritePlan(target.upstream.name, target.path, f"{target.upstream.name} {target.path}", target)
         return None
 
@@ -388,8 +389,10 @@ class ResponseCache:
         of `also` (the same upstream's paths its Location / Content-Location named, RFC 9111 §4.4)."""
         # A read begun before the write may have fetched the old state: a read issued after it must not join
         # that fetch. Keys are keyed hashes, so the path's flights cannot be picked out; writes are rare: forget all.
-        self._flights.forget()
-        for path in dict.fromkeys((plan.path, *also)):
+        paths = [path for path in dict.fromkeys((plan.path, *also)) if invalidated_by_writes(plan.target, path)]
+        if paths:
+            self._flights.forget()
+        for path in paths:
             label = plan.label if path == plan.path else f"{plan.upstream} {path}"
             if await self.storage.incr(self.keys.path_generation(plan.upstream, path)) is None:
                 log.warning("Cache INVALIDATE failed for %s after %s: its entries may be served until they expire",
@@ -444,10 +447,15 @@ def _origin(key: tuple[URL, tuple[tuple[str, str], ...]]) -> str:
     return f"{url}\0{json.dumps(headers)}"
 
 
-def _invalidated_by_writes(target: Target) -> bool:
+def _caches_any(target: Target) -> bool:
+    """A write to any path of an upstream with a cached route may name (Location) a cached path."""
+    return any(route.cache is not None for route in target.upstream.routes)
+
+
+def invalidated_by_writes(target: Target, path: str) -> bool:
     """Routes match by method: the write may be a different route than the read it invalidates."""
     upstream = target.upstream
-    readers = (upstream.route_for(method, target.path) for method in CACHEABLE_METHODS)
+    readers = (upstream.route_for(method, path) for method in CACHEABLE_METHODS)
     return any(route.cache is not None and route.cache.invalidate_on_write for route in readers)
 
 
@@ -470,5 +478,5 @@ def cache_status(lookup: Lookup, served: Entry | None, fwd_status: int | None, s
         parts.append("stored")
     shown = served or stored
     if shown is not None:
-        parts.append(f"ttl={int(shown.ttl - shown.age(now))}")
+        parts.append(f"ttl={math.floor(shown.ttl - shown.age(now))}")
     return "; ".join([CACHE_STATUS_NAME, *parts])
