@@ -109,6 +109,18 @@ class ExpectationFailed(BadRequest):
     reason = "expectation_failed"
 
 
+class NotCached(EgressError):
+    """The caller said `Cache-Control: only-if-cached` and the cache holds nothing it may use (RFC 9111
+    §5.2.1.7): 504, and the upstream never asked."""
+
+    status = 504
+    reason = "not_cached"
+    callers_doing = True
+
+    def __init__(self, detail: str = "only-if-cached, and nothing usable is stored", *, upstream: str = "") -> None:
+        super().__init__(detail, upstream=upstream, sent=False)
+
+
 class BodyTooLarge(EgressError):
     status = 413
     reason = "body_too_large"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 import aiohttp
 from aiohttp import web
 
-from proxy.cache import CACHE_HEADER
+from proxy.cache import CACHE_HEADER, CACHE_STATUS_HEADER
 from proxy.cache.capture import read_capped
 from proxy.cache.entry import Entry
 from proxy.deadline import Deadline
@@ -140,6 +140,9 @@ class Exchange:
     attempts: int = 0  # retry and hedge: every attempt sent or refused by the breaker
     hedges: int = 0  # hedge
     cache: str | None = None  # cache: HIT, MISS, STALE...
+    cache_status: str | None = None  # cache: the RFC 9211 Cache-Status of the answer
+    # cache: the validators of a stale entry, sent upstream in place of the caller's own conditionals (body)
+    conditional: tuple[tuple[str, str], ...] = ()
     # After the answer went out (a cache write: a slow Redis delays nobody's response), before the connection's
     # next request is read.
     after: list[Callable[[], Awaitable[None]]] | None = None  # see `defer`: most requests need none
@@ -155,6 +158,8 @@ class Exchange:
             headers[ATTEMPTS_HEADER] = str(self.attempts)
         if self.cache:
             headers[CACHE_HEADER] = self.cache
+        if self.cache_status:
+            headers[CACHE_STATUS_HEADER] = self.cache_status
         return headers
 
     def defer(self, then: Callable[[], Awaitable[None]]) -> None:

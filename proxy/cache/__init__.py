@@ -1,17 +1,20 @@
 """Response caching: the `ResponseCache` façade the pipeline's cache stage calls.
 
     plan()      what a request is to the cache: a read (GET/HEAD on a cached route), a write that
-                invalidates (POST/PUT/PATCH/DELETE on a path whose GET route says invalidate_on_write), or nothing
+                invalidates (any unsafe method on a path a cached route reads, RFC 9111 §4.4), or nothing
     lookup()    for a read, a context: HIT (answer now, no upstream slot), a concurrent identical request's
                 answer (single-flight), or MISS/REFRESH/BYPASS (go upstream; a stale entry may be kept aside)
     storable()/store()   keep the upstream's answer
     release()   let the requests waiting on this one go, before its answer streams to its own caller
+    revalidated()  the upstream's 304 to a conditional request the cache sent: the entry, refreshed
     fallback()  the upstream failed: the stale entry to serve instead, if any
+    for_caller()   the entry as the caller gets it: a 304 when its own conditional request matches
     invalidate()/purge() bump a generation: every entry of the path / upstream / route becomes unreachable
 
 Modules: `keys` (keyed-hash keys, generations, vary markers), `entry` (the stored form), `rules` (HTTP caching
 rules), `store` (the guarded aiocache backend), `memory` (LRU bounds), `flight` (single-flight),
-`capture` (bounded body reads). The cache outlives a policy reload: it holds settings, not routes.
+`capture` (bounded body reads), `freshness` (the RFC 9111 age and lifetime arithmetic). The cache outlives a
+policy reload: it holds settings, not routes.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import asyncio
 import functools
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
@@ -29,17 +33,22 @@ from yarl import URL
 
 from proxy.cache.entry import Entry
 from proxy.cache.flight import Flight, SingleFlight
+from proxy.cache.freshness import NO_ASKS, Asks, acceptable, initial_age
 from proxy.cache.keys import KeyMaker, RequestKey, header_values, key_secret
 from proxy.cache.rules import (
     CACHEABLE_METHODS,
     RANGE_HEADERS,
-    WRITE_METHODS,
     Mode,
+    asks,
+    entry_for,
     extra_vary,
+    is_unsafe,
     may_answer,
+    may_serve_stale,
+    not_modified_for,
     refusal,
     request_mode,
-    stored_headers,
+    updated,
 )
 from proxy.cache.store import Store, open_store
 from proxy.deadline import Deadline
@@ -51,12 +60,14 @@ from proxy.policy import CacheSettings, RouteCache
 from proxy.policy.model import SECRET_QUERY_NAMES
 from proxy.routing import Target
 
-__all__ = ["CACHE_HEADER", "Entry", "Lookup", "ReadPlan", "ResponseCache", "WritePlan"]
+__all__ = ["CACHE_HEADER", "CACHE_STATUS_HEADER", "Entry", "Lookup", "ReadPlan", "ResponseCache", "WritePlan"]
 
 log = logging.getLogger("egress.cache")
 
 CACHE_HEADER = "X-Egress-Cache"
-HIT, MISS, STALE = "HIT", "MISS", "STALE"
+CACHE_STATUS_HEADER = "Cache-Status"  # RFC 9211, next to X-Egress-Cache
+CACHE_STATUS_NAME = "egress"
+HIT, MISS, STALE, REVALIDATED = "HIT", "MISS", "STALE", "REVALIDATED"
 # Decoded memory-cache entries kept, small ones only: at most 256 x 2 x 16 KiB = 8 MiB beyond max_bytes.
 DECODED_MEMO, DECODED_MEMO_MAX_SIZE = 256, 16 * 1024
 ORIGIN_MEMO = 64  # distinct (url, injected headers) pairs: one per upstream, a few more across reloads
@@ -75,6 +86,7 @@ class ReadPlan:
     method: str
     target: Target
     redact: Collection[str] = SECRET_QUERY_NAMES  # the running policy's `redact.query`, for log lines
+    asks: Asks = NO_ASKS  # the caller's freshness directives
 
     def __str__(self) -> str:
         """`supabase bot_profile GET /rest/v1/bot_profiles?id=eq.1`, secrets redacted: for log lines, made only
@@ -88,6 +100,7 @@ class WritePlan:
     upstream: str
     path: str
     label: str
+    target: Target
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +126,9 @@ class Lookup:
         self.marker: tuple[str, ...] = ()  # Vary'd header names the store knew of
         self.shared: Shared | None = None
         self.flight: Flight[Shared] | None = None  # set when this request leads a single-flight
+        self.found = False  # an entry was there (fresh or not): `fwd=stale` rather than `fwd=uri-miss`
+        self.revalidating: Entry | None = None  # the stale entry whose validators went upstream
+        self.sent_at = time.time()  # §4.2.3 request_time, for the age of what comes back
 
 
 class ResponseCache:
@@ -163,9 +179,9 @@ class ResponseCache:
             key = self.keys.request(
                 target.upstream.name, route.name, method, target.path, target.query, identity, self._origin(target)
             )
-            return ReadPlan(key, route.cache, request_mode(headers), headers, method, target, redact)
-        if method in WRITE_METHODS and _invalidated_by_writes(target):
-            return WritePlan(target.upstream.name, target.path, f"{target.upstream.name} {target.path}")
+            return ReadPlan(key, route.cache, request_mode(headers), headers, method, target, redact, asks(headers))
+        if is_unsafe(method) and _caches_any(target):
+            return WritePlan(target.upstream.name, target.path, f"{target.upstream.name} {target.path}", target)
         return None
 
     def _origin(self, target: Target) -> str:
@@ -259,13 +275,24 @@ class ResponseCache:
         now = time.time()
         if entry is None:
             return
-        if entry.is_fresh(now):
+        lookup.found = True
+        plan = lookup.plan
+        if self._acceptable(entry, plan, now):
             lookup.ready = entry
             lookup.result = HIT
             self._share(lookup, HIT, entry)
             log.debug("Cache HIT %s (age=%.1fs)", lookup.plan, entry.age(now))
-        elif entry.is_usable_stale(now):
+        else:  # stale (or not fresh enough for this caller): revalidated when it can be, a fallback if allowed
             lookup.stale = entry
+            if entry.validators and plan.mode is Mode.LOOKUP:
+                lookup.revalidating = entry
+
+    def _acceptable(self, entry: Entry, plan: ReadPlan, now: float) -> bool:
+        if entry.revalidate:
+            return False  # no-cache: every use is validated (a HEAD of the same key as well)
+        if plan.asks is NO_ASKS:
+            return entry.is_fresh(now)  # the common case, without parsing the stored Cache-Control
+        return acceptable(entry.age(now), entry.ttl, plan.asks, may_serve_stale(entry, plan.rule))
 
     def _decode(self, data: bytes) -> Entry | None:
         """The in-process store hands back the very bytes it holds: decode them once, not on every HIT (timeit: 8 µs
@@ -284,32 +311,57 @@ class ResponseCache:
 
     def keep(
         self, lookup: Lookup, status: int, headers: CIMultiDictProxy[str], body: bytes
-    ) -> Callable[[], Awaitable[None]] | None:
+    ) -> tuple[Entry, Callable[[], Awaitable[None]]] | None:
         """An answer `storable` allowed: identical requests waiting on this one get it at once (even if the
-        backend is down); storing it is returned, for the caller to run once the answer has gone out."""
+        backend is down); the entry and its storing are returned, for the caller to run once the answer has
+        gone out (None when it will not be stored)."""
         plan = lookup.plan
-        rule = plan.rule
-        entry = Entry(status, stored_headers(headers), body, time.time(), rule.ttl, rule.stale_if_error,
-                      extra_vary(headers, rule))
+        now = time.time()
+        entry = entry_for(plan.rule, status, headers, body, now, initial_age(headers, lookup.sent_at, now),
+                          extra_vary(headers, plan.rule))
         self._share(lookup, HIT, entry)
         if lookup.generations is None or entry.lifetime <= 0:
             return None  # without the current generations a write could land where invalidated entries lived
-        return functools.partial(self._write, lookup, entry)
+        return entry, functools.partial(self._write, lookup, entry)
 
     async def _write(self, lookup: Lookup, entry: Entry) -> None:
         plan = lookup.plan
-        rule = plan.rule
         if entry.vary != lookup.marker:
             await self.storage.set(plan.key.marker, ",".join(entry.vary).encode(), entry.lifetime)
         if await self.storage.set(self._entry_key(lookup, entry.vary), entry.encode(), entry.lifetime):
-            log.info("Cache SET %s (ttl=%gs)", plan, rule.ttl)
+            log.info("Cache SET %s (ttl=%gs)", plan, entry.ttl)
+
+    def revalidated(
+        self, lookup: Lookup, headers: CIMultiDictProxy[str]
+    ) -> tuple[Entry, Callable[[], Awaitable[None]] | None]:
+        """The upstream answered 304 to the validators of `lookup.revalidating`: the stored answer with its
+        headers refreshed (RFC 9111 §4.3.4) and a new age, to serve now; and its storing, to run afterwards."""
+        stale = lookup.revalidating
+        assert stale is not None
+        now = time.time()
+        merged = updated(stale, headers)
+        entry = entry_for(lookup.plan.rule, stale.status, merged, stale.body, now,
+                          initial_age(headers, lookup.sent_at, now), stale.vary)
+        lookup.result = REVALIDATED
+        self._share(lookup, REVALIDATED, entry)
+        log.debug("Cache REVALIDATED %s", lookup.plan)
+        if lookup.generations is None or entry.lifetime <= 0:
+            return entry, None
+        return entry, functools.partial(self._write, lookup, entry)
+
+    @staticmethod
+    def for_caller(entry: Entry, plan: ReadPlan) -> Entry:
+        """What the caller gets of a stored answer: a 304 when its own If-None-Match / If-Modified-Since
+        matches (RFC 9111 §4.3.2), else the answer itself."""
+        return not_modified_for(entry, plan.headers) or entry
 
     def fallback(self, lookup: Lookup, failure: EgressError | int) -> Entry | None:
         """The upstream failed (an error, a 5xx, or a throttled answer: pass 429 for one a throttle rule
         recognised): the stale entry to serve instead, if any."""
         eligible = (failure >= 500 or failure == 429) if isinstance(failure, int) else failure.reason in STALE_ON
         # Judged now, not at lookup: retries and waits may have carried the entry past its stale_if_error.
-        entry = lookup.stale if eligible and lookup.stale is not None and lookup.stale.is_usable_stale() else None
+        stale = lookup.stale
+        entry = stale if eligible and stale is not None and stale.is_usable_stale() else None
         if entry is None:
             if isinstance(failure, EgressError) and _shareable(failure):
                 lookup.shared = Shared(MISS, error=failure)  # identical requests waiting on this one fail alike
@@ -332,16 +384,21 @@ class ResponseCache:
 
     # -- writes and purges -----------------------------------------------------------------------------
 
-    async def invalidate(self, plan: WritePlan, why: str) -> None:
-        """After a successful write: every cached entry of the path (all queries, all callers) goes."""
+    async def invalidate(self, plan: WritePlan, why: str, also: Collection[str] = ()) -> None:
+        """After a successful write: every cached entry of the path (all queries, all callers) goes, and those
+        of `also` (the same upstream's paths its Location / Content-Location named, RFC 9111 §4.4)."""
         # A read begun before the write may have fetched the old state: a read issued after it must not join
         # that fetch. Keys are keyed hashes, so the path's flights cannot be picked out; writes are rare: forget all.
-        self._flights.forget()
-        if await self.storage.incr(self.keys.path_generation(plan.upstream, plan.path)) is None:
-            log.warning("Cache INVALIDATE failed for %s after %s: its entries may be served until they expire",
-                        plan.label, why)
-            return
-        log.info("Cache INVALIDATE %s (after %s)", plan.label, why)
+        paths = [path for path in dict.fromkeys((plan.path, *also)) if invalidated_by_writes(plan.target, path)]
+        if paths:
+            self._flights.forget()
+        for path in paths:
+            label = plan.label if path == plan.path else f"{plan.upstream} {path}"
+            if await self.storage.incr(self.keys.path_generation(plan.upstream, path)) is None:
+                log.warning("Cache INVALIDATE failed for %s after %s: its entries may be served until they expire",
+                            label, why)
+                continue
+            log.info("Cache INVALIDATE %s (after %s)", label, why)
 
     async def purge(self, upstream: str, route: str | None = None) -> bool:
         self._flights.forget()  # as for a write: a read issued after the purge must not join a fetch from before
@@ -390,8 +447,36 @@ def _origin(key: tuple[URL, tuple[tuple[str, str], ...]]) -> str:
     return f"{url}\0{json.dumps(headers)}"
 
 
-def _invalidated_by_writes(target: Target) -> bool:
+def _caches_any(target: Target) -> bool:
+    """A write to any path of an upstream with a cached route may name (Location) a cached path."""
+    return any(route.cache is not None for route in target.upstream.routes)
+
+
+def invalidated_by_writes(target: Target, path: str) -> bool:
     """Routes match by method: the write may be a different route than the read it invalidates."""
     upstream = target.upstream
-    readers = (upstream.route_for(method, target.path) for method in CACHEABLE_METHODS)
+    readers = (upstream.route_for(method, path) for method in CACHEABLE_METHODS)
     return any(route.cache is not None and route.cache.invalidate_on_write for route in readers)
+
+
+def cache_status(lookup: Lookup, served: Entry | None, fwd_status: int | None, stored: Entry | None) -> str:
+    """RFC 9211 `Cache-Status` for one answer: `egress; hit; ttl=12` when the cache answered alone, else why it
+    went upstream (`fwd=uri-miss|stale|request|bypass`), what came back (`fwd-status`) and whether it was
+    `stored`; `ttl` is the freshness left of the entry served or stored (negative: stale)."""
+    now = time.time()
+    if lookup.result == HIT:
+        parts = ["hit"]
+    elif lookup.plan.mode is Mode.REFRESH:
+        parts = ["fwd=request"]
+    elif lookup.plan.mode is Mode.BYPASS:
+        parts = ["fwd=bypass"]
+    else:
+        parts = ["fwd=stale" if lookup.found else "fwd=uri-miss"]
+    if fwd_status is not None and lookup.result != HIT:
+        parts.append(f"fwd-status={fwd_status}")
+    if stored is not None:
+        parts.append("stored")
+    shown = served or stored
+    if shown is not None:
+        parts.append(f"ttl={math.floor(shown.ttl - shown.age(now))}")
+    return "; ".join([CACHE_STATUS_NAME, *parts])

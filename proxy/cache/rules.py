@@ -1,26 +1,56 @@
-"""The HTTP rules of what may be served from and stored in the cache (a small, deliberate subset of RFC 9111).
+"""The HTTP rules of what may be stored in and served from the cache: RFC 9111 as a shared cache, RFC 5861's
+stale-* directives, with the route's policy where the origin is silent (docs/caching.md says which rules and why).
 
-The route's `ttl` decides freshness; from the headers only these are honoured: the caller's
-`Cache-Control: no-cache` (fetch and store anew) and `no-store` (leave the cache alone), and the upstream's
-`no-store` / `private` (never stored unless the route says `override: true`), `Vary` and `Set-Cookie`.
+Freshness comes from the origin (s-maxage, max-age, Expires - Date: `proxy.cache.freshness`); the route's `ttl`
+is the heuristic for an answer that says nothing, and replaces what the origin said only with `override: true`
+(which also stores past `no-store` / `private` / `no-cache`). `no-cache`, `must-revalidate`, `proxy-revalidate`
+and `s-maxage` answers are never served stale, the route's `stale_if_error` included, unless the route
+overrides. The caller's `no-cache` fetches and stores anew, its `no-store` leaves the cache alone, and its
+`max-age` / `min-fresh` / `max-stale` / `only-if-cached` are honoured (`freshness.acceptable`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from enum import Enum
 
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
+from proxy.cache.entry import Entry
+from proxy.cache.freshness import (
+    NO_ASKS,
+    Asks,
+    CacheControl,
+    explicit_lifetime,
+    http_date,
+    parse_cache_control,
+    seconds,
+)
 from proxy.headers import end_to_end
 from proxy.policy import Route, RouteCache
 
 CACHEABLE_METHODS = frozenset({"GET", "HEAD"})
-WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# RFC 9110 §9.2.1: every other method, an unknown one included, is unsafe and invalidates (RFC 9111 §4.4).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
+# RFC 9110 §15.1: statuses a cache may give a heuristic lifetime (here the route's ttl) without explicit freshness.
+HEURISTIC_STATUSES = frozenset({200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501})
+# What makes a response explicitly cacheable, whatever its status (RFC 9111 §3).
+EXPLICIT_DIRECTIVES = ("public", "max-age", "s-maxage")
+# The origin forbids serving it stale (RFC 9111 §4.2.4: no-cache, must-revalidate, and for a shared cache
+# proxy-revalidate and s-maxage, §5.2.2.8 and §5.2.2.10).
+NO_STALE_DIRECTIVES = ("no-cache", "must-revalidate", "proxy-revalidate", "s-maxage")
+# RFC 9110 §15.4.5: what a 304 carries of the 200 it stands for.
+NOT_MODIFIED_HEADERS = frozenset({"cache-control", "content-location", "date", "etag", "expires", "vary",
+                                  "last-modified"})
 # Recomputed or meaningless when replayed from the cache.
 NOT_STORED_HEADERS = frozenset({"age", "set-cookie"})
 # Part of every key: a ranged request and a full one are different requests (a 206 is a part of the body), so a
 # stored part is only ever served to the same range (RFC 9111 §3.3 would combine parts; this cache does not).
 RANGE_HEADERS = ("range", "if-range")
+
+
+def is_unsafe(method: str) -> bool:
+    return method not in SAFE_METHODS
 
 
 def may_answer(route: Route, method: str) -> bool:
@@ -35,15 +65,18 @@ class Mode(Enum):
     BYPASS = "BYPASS"  # the caller said no-store: neither read nor write the cache
 
 
+def cache_control(headers: CIMultiDictProxy[str] | CIMultiDict[str], name: str = "Cache-Control") -> CacheControl:
+    return parse_cache_control(headers.getall(name, []))
+
+
 def directives(headers: CIMultiDictProxy[str], name: str = "Cache-Control") -> set[str]:
     """Directive names, lowercased, arguments dropped: `max-age=0, No-Cache` -> {"max-age", "no-cache"}."""
-    found: set[str] = set()
-    for value in headers.getall(name, []):
-        for part in value.split(","):
-            directive = part.split("=", 1)[0].strip().lower()
-            if directive:
-                found.add(directive)
-    return found
+    return set(cache_control(headers, name))
+
+
+def asks(headers: CIMultiDictProxy[str]) -> Asks:
+    """The caller's max-age / min-fresh / max-stale / only-if-cached; most requests send none."""
+    return Asks.of(cache_control(headers)) if "Cache-Control" in headers else NO_ASKS
 
 
 def request_mode(headers: CIMultiDictProxy[str]) -> Mode:
@@ -56,16 +89,21 @@ def request_mode(headers: CIMultiDictProxy[str]) -> Mode:
 
 
 def refusal(rule: RouteCache, status: int, headers: CIMultiDictProxy[str], ranged: bool = False) -> str | None:
-    """Why this upstream answer must not be stored, or None when it may be. `ranged`: the request had a Range."""
-    if status not in rule.statuses:
-        return f"status {status}"
+    """Why this upstream answer must not be stored, or None when it may be. `ranged`: the request had a Range.
+
+    A status the route lists gets the route's ttl when the origin says nothing, if HTTP allows a heuristic for
+    it (`HEURISTIC_STATUSES`); any final status the origin marks explicitly cacheable is stored (RFC 9111 §3)."""
+    if status < 200 or status == 304 or (rule.override and status not in rule.statuses):
+        return f"status {status}"  # not final, or not an answer of its own (a 304 updates an entry: `updated`)
     if status == 206 and not ranged:
         return "a 206 to a request without Range"  # an upstream that lies: never a whole answer
     if "*" in vary_names(headers):
         return "Vary: *"
     if rule.override:
         return None
-    said = directives(headers)
+    said = cache_control(headers)
+    if not _explicitly_cacheable(said, headers) and (status not in rule.statuses or status not in HEURISTIC_STATUSES):
+        return f"status {status}"
     for directive in ("no-store", "private"):
         if directive in said:
             return f"Cache-Control: {directive}"
@@ -73,6 +111,85 @@ def refusal(rule: RouteCache, status: int, headers: CIMultiDictProxy[str], range
         # One caller's session cookie handed to every other caller is the classic shared-cache leak.
         return "Set-Cookie"
     return None
+
+
+def _explicitly_cacheable(cc: CacheControl, headers: CIMultiDictProxy[str]) -> bool:
+    return any(name in cc for name in EXPLICIT_DIRECTIVES) or "Expires" in headers
+
+
+def forbids_stale(cc: CacheControl) -> bool:
+    return any(name in cc for name in NO_STALE_DIRECTIVES)
+
+
+def may_serve_stale(entry: Entry, rule: RouteCache) -> bool:
+    """Whether the origin let this entry be served stale at all (the route's override says yes regardless)."""
+    return rule.override or not forbids_stale(parse_cache_control(v for k, v in entry.headers
+                                                                 if k.lower() == "cache-control"))
+
+
+def entry_for(
+    rule: RouteCache,
+    status: int,
+    headers: CIMultiDictProxy[str],
+    body: bytes,
+    stored_at: float,
+    initial_age: float,
+    vary: tuple[str, ...],
+) -> Entry:
+    """The entry for an answer `refusal` allowed: its freshness from the origin, else the route's ttl.
+
+    With `override: true` the route's ttl is the lifetime and the route's stale_if_error applies whatever the
+    origin said. Else the origin's no-cache / must-revalidate (and kin) take away every stale window, the
+    route's stale_if_error included: RFC 9111 §4.2.4 is a MUST, and the origin said so for this very answer."""
+    cc = cache_control(headers)
+    explicit = None if rule.override else explicit_lifetime(cc, headers)
+    no_stale = not rule.override and forbids_stale(cc)
+    stale_if_error = 0.0 if no_stale else max(rule.stale_if_error, seconds(cc, "stale-if-error") or 0.0)
+    stored = stored_headers(headers)
+    entry = Entry(
+        status, stored, body, stored_at, rule.ttl if explicit is None else explicit, stale_if_error, vary,
+        initial_age=initial_age,
+        revalidate=not rule.override and "no-cache" in cc,
+        stale_while_revalidate=0.0 if no_stale else seconds(cc, "stale-while-revalidate") or 0.0,
+    )
+    # An answer that can be revalidated stays for the route's ttl past its stale windows: a conditional
+    # request then costs the origin a 304 instead of the body.
+    return dataclasses.replace(entry, keep=rule.ttl) if entry.validators else entry
+
+
+def updated(entry: Entry, not_modified: CIMultiDictProxy[str]) -> CIMultiDictProxy[str]:
+    """The stored headers refreshed by a 304 (RFC 9111 §3.2, §4.3.4): each header the 304 carries replaces the
+    stored one of that name, except Content-Length (the stored body's own)."""
+    fresh = [(name, value) for name, value in stored_headers(not_modified) if name.lower() != "content-length"]
+    replaced = {name.lower() for name, _ in fresh}
+    merged = CIMultiDict((name, value) for name, value in entry.headers if name.lower() not in replaced)
+    merged.extend(fresh)
+    return CIMultiDictProxy(merged)
+
+
+def not_modified_for(entry: Entry, request: CIMultiDictProxy[str]) -> Entry | None:
+    """A 304 for a caller whose conditional request the entry satisfies (RFC 9111 §4.3.2, RFC 9110 §13.2.2):
+    If-None-Match (weak comparison) wins over If-Modified-Since; None to answer with the entry itself."""
+    if not 200 <= entry.status < 300 or ("If-None-Match" not in request and "If-Modified-Since" not in request):
+        return None
+    if "If-None-Match" in request:
+        asked = {_weak(tag) for value in request.getall("If-None-Match") for tag in value.split(",")}
+        etag = entry.header("ETag")
+        matched = "*" in asked or (etag is not None and _weak(etag) in asked)
+    else:
+        since = http_date(request.get("If-Modified-Since"))
+        # §4.3.2: the stored Last-Modified, else its Date, else when it was stored.
+        changed = http_date(entry.header("Last-Modified")) or http_date(entry.header("Date")) or entry.stored_at
+        matched = since is not None and changed <= since
+    if not matched:
+        return None
+    kept = tuple((name, value) for name, value in entry.headers if name.lower() in NOT_MODIFIED_HEADERS)
+    return dataclasses.replace(entry, status=304, headers=kept, body=b"")
+
+
+def _weak(tag: str) -> str:
+    tag = tag.strip()
+    return tag[2:] if tag.startswith("W/") else tag
 
 
 def vary_names(headers: CIMultiDictProxy[str]) -> list[str]:

@@ -192,7 +192,7 @@ class ThrottleRule:
 class RouteCache:
     ttl: float
     stale_if_error: float = 0.0
-    invalidate_on_write: bool = False
+    invalidate_on_write: bool = True  # RFC 9111 §4.4; false opts out, for POST-as-query APIs
     statuses: frozenset[int] = frozenset({200})
     vary: tuple[str, ...] = CREDENTIAL_HEADERS
     override: bool = False

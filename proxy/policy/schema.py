@@ -488,14 +488,24 @@ REDACT = Section("redact", Redaction, (
           "case-insensitively, `&` and `;` both separate", default_text="[]"),
 ), levels=TOP)
 ROUTE_CACHE = Section("cache", RouteCache, (
-    Field("ttl", DURATION, "how long an entry is fresh", required="a route cache needs a 'ttl', e.g. cache: {ttl: 5m}"),
-    Field("stale_if_error", DURATION, "how long past `ttl` an entry may stand in for a failing upstream"),
-    Field("invalidate_on_write", BOOLEAN, "a 2xx POST/PUT/PATCH/DELETE to the same upstream path invalidates every "
-          "cached read of it"),
-    Field("statuses", STATUSES, "statuses that may be cached"),
+    Field("ttl", DURATION, "how long an entry is fresh when the upstream gives no freshness of its own "
+          "(`Cache-Control: s-maxage` / `max-age`, `Expires`), and how long an answer with a validator (`ETag`, "
+          "`Last-Modified`) is kept past it to be revalidated; with `override: true`, always the freshness",
+          required="a route cache needs a 'ttl', e.g. cache: {ttl: 5m}"),
+    Field("stale_if_error", DURATION, "how long past its freshness an entry may stand in for a failing upstream "
+          "(an open breaker included), unless the upstream said `no-cache`, `must-revalidate`, "
+          "`proxy-revalidate` or `s-maxage` (then never, RFC 9111 §4.2.4, unless `override: true`)"),
+    Field("invalidate_on_write", BOOLEAN, "a 2xx/3xx answer to any unsafe method (not GET, HEAD, OPTIONS, TRACE) "
+          "on the same upstream path invalidates every cached read of it, and of the paths its `Location` / "
+          "`Content-Location` name (RFC 9111 §4.4); `false` opts out, e.g. for an API that reads with POST"),
+    Field("statuses", STATUSES, "statuses the `ttl` applies to when the upstream says nothing (only those HTTP "
+          "lets a cache guess for: 200, 203, 204, 206, 300, 301, 308, 404, 405, 410, 414, 501); any status the "
+          "upstream marks cacheable (`max-age`, `s-maxage`, `Expires`, `public`) is cached by its own freshness"),
     Field("vary", VARY, "headers whose values are part of the key, in addition to the credential headers "
           "(`cache.credential_headers`) and the upstream's `Vary`", default_text="[]"),
-    Field("override", BOOLEAN, "cache even when the upstream says `Cache-Control: no-store` / `private` (a "
+    Field("override", BOOLEAN, "the route's policy wins over the upstream's caching headers: `ttl` is the "
+          "freshness whatever `max-age` / `Expires` say, `no-cache` / `must-revalidate` are ignored, and answers "
+          "are cached even when the upstream says `Cache-Control: no-store` / `private` (a "
           "`Set-Cookie` is then stripped)"),
 ), "GET and HEAD answers of this route are cached (absent: none are)", ROUTE)
 HEDGE = Section("hedge", Hedge, (

@@ -42,6 +42,10 @@ class BodyStage:
             body,
             ex.idempotent,
         )
+        if ex.conditional:  # the cache revalidates a stale entry: its validators, not the caller's
+            for name in ("If-None-Match", "If-Modified-Since"):
+                ex.out.headers.popall(name, None)
+            ex.out.headers.extend(ex.conditional)
         return await next(ex)
 
     @staticmethod

@@ -1,7 +1,10 @@
 """Stage `cache`: a HIT answers here, without an upstream slot; identical concurrent misses wait for one fetch
 (single-flight, within their own deadline); MISS / REFRESH / BYPASS fetch through the rest of the chain, and the
 answer is stored when the rules allow, or a STALE entry stands in for a failure (`stale_if_error`, an open
-breaker's refusal included). A successful write invalidates its path's cached reads before the writer hears back.
+breaker's refusal included). A stale entry with validators goes upstream as a conditional request: a 304 serves
+it REVALIDATED with refreshed headers. A caller's own conditional request matching what the cache serves gets a
+304. A successful (2xx/3xx) unsafe request invalidates its path's cached reads, and those its Location and
+Content-Location name on the same upstream, before the caller hears back. Every answer says `Cache-Status`.
 
 The rules, keys, store and single-flight are `proxy.cache`'s; this module decides when to use them and owns the
 response capture: reading an answer's body (at most `cache.max_body`, within the deadline) to store it.
@@ -9,9 +12,12 @@ response capture: reading an answer's body (at most `cache.max_body`, within the
 
 from __future__ import annotations
 
-from proxy.cache import Lookup, ReadPlan, ResponseCache, WritePlan
-from proxy.errors import EgressError
+from yarl import URL
+
+from proxy.cache import Entry, Lookup, ReadPlan, ResponseCache, WritePlan, cache_status
+from proxy.errors import EgressError, NotCached
 from proxy.exchange import Answer, Exchange, Next, Reply, Stored
+from proxy.routing import Target
 
 
 class CacheStage:
@@ -29,9 +35,26 @@ class CacheStage:
 async def _invalidating(cache: ResponseCache, plan: WritePlan, ex: Exchange, next: Next) -> Reply:
     """A successful write makes the path's cached reads unreachable before the writer hears back."""
     reply = await next(ex)
-    if isinstance(reply, Answer) and 200 <= reply.status < 300:
-        await cache.invalidate(plan, f"{ex.method} {reply.status}")
+    if isinstance(reply, Answer) and 200 <= reply.status < 400:  # RFC 9111 §4.4: a non-error status
+        headers = reply.response.headers
+        named = (same_upstream_path(plan.target, value) for name in ("Location", "Content-Location")
+                 for value in headers.getall(name, []))
+        await cache.invalidate(plan, f"{ex.method} {reply.status}", [path for path in named if path is not None])
     return reply
+
+
+def same_upstream_path(target: Target, reference: str) -> str | None:
+    """The upstream path a Location / Content-Location names, resolved against the request's URL; None for
+    another origin (RFC 9111 §4.4: only same-origin targets are invalidated) or outside the upstream's URL."""
+    base = target.upstream.url
+    prefix = base.raw_path.rstrip("/")
+    try:
+        named = base.with_path(prefix + target.path, encoded=True).join(URL(reference.strip()))
+    except ValueError:
+        return None
+    if named.origin() != base.origin() or not named.raw_path.startswith(prefix + "/"):
+        return None
+    return named.raw_path[len(prefix):]
 
 
 async def _read(cache: ResponseCache, plan: ReadPlan, ex: Exchange, next: Next) -> Reply:
@@ -42,9 +65,13 @@ async def _read(cache: ResponseCache, plan: ReadPlan, ex: Exchange, next: Next) 
     try:
         ex.cache = lookup.result
         if lookup.ready is not None:
-            return Stored(lookup.ready, lookup.result)
+            return _served(cache, lookup, ex, lookup.ready)
         if lookup.failed is not None:
             return lookup.failed  # the identical request this one waited for failed, or outlasted our deadline
+        if plan.asks.only_if_cached:
+            return NotCached(upstream=plan.key.upstream)
+        if lookup.revalidating is not None:
+            ex.conditional = lookup.revalidating.validators
         reply = await _fill(cache, lookup, ex, await next(ex))
         # The flight stays joinable while the answer streams and until it is stored (`ex.after` runs in that
         # order): an identical request meanwhile gets the landed entry instead of fetching again.
@@ -63,29 +90,53 @@ async def _fill(cache: ResponseCache, lookup: Lookup, ex: Exchange, reply: Reply
     assert ex.deadline is not None
     if isinstance(reply, Stored):
         return reply
+    if isinstance(reply, Answer) and reply.status == 304 and lookup.revalidating is not None:
+        entry, storing = cache.revalidated(lookup, reply.response.headers)
+        await reply.discard(ex.deadline)
+        if storing is not None:
+            ex.defer(storing)
+        ex.cache = lookup.result
+        return _served(cache, lookup, ex, entry, 304, entry if storing is not None else None)
     # A throttled answer counts as the 429 it means (a WhatsApp 400 with code 130429 is not a bad request).
     failure = reply if isinstance(reply, EgressError) else 429 if reply.throttled else reply.status
     stale = cache.fallback(lookup, failure)
+    stored = None
+    status = reply.status if isinstance(reply, Answer) else None
     if stale is None and isinstance(reply, Answer) and cache.storable(lookup, reply.status, reply.response.headers):
         try:
             body = await _capture(cache, ex, reply)
         except EgressError as error:  # the body broke off or outlasted the deadline: a failure like any other
             stale, reply = cache.fallback(lookup, error), error
         else:
-            _keep(cache, lookup, ex, reply, body)
+            stored = _keep(cache, lookup, ex, reply, body)
     if stale is not None:
         if isinstance(reply, Answer):
             await reply.discard(ex.deadline)
         ex.cache = lookup.result
-        return Stored(stale, lookup.result)
+        return _served(cache, lookup, ex, stale, status)
+    ex.cache_status = cache_status(lookup, None, status, stored)
     return reply
 
 
-def _keep(cache: ResponseCache, lookup: Lookup, ex: Exchange, reply: Answer, body: bytes | None) -> None:
-    if body is not None:
-        storing = cache.keep(lookup, reply.status, reply.response.headers, body)
-        if storing is not None:
-            ex.defer(storing)
+def _served(
+    cache: ResponseCache, lookup: Lookup, ex: Exchange, entry: Entry, status: int | None = None,
+    stored: Entry | None = None,
+) -> Stored:
+    """An entry answers: as a 304 if the caller's own conditional request matches it."""
+    ex.cache_status = cache_status(lookup, entry, status, stored)
+    return Stored(cache.for_caller(entry, lookup.plan), lookup.result)
+
+
+def _keep(cache: ResponseCache, lookup: Lookup, ex: Exchange, reply: Answer, body: bytes | None) -> Entry | None:
+    """The entry stored (once the answer went out), if any."""
+    if body is None:
+        return None
+    kept = cache.keep(lookup, reply.status, reply.response.headers, body)
+    if kept is None:
+        return None
+    entry, storing = kept
+    ex.defer(storing)
+    return entry
 
 
 async def _capture(cache: ResponseCache, ex: Exchange, answer: Answer) -> bytes | None:

@@ -452,13 +452,22 @@ async def test_a_failed_write_invalidates_nothing(upstream, make_sidecar, client
     assert state(await call(client, url)) == "HIT"
 
 
-async def test_writes_leave_routes_without_invalidate_on_write_alone(upstream, make_sidecar, client):
+async def test_writes_leave_routes_with_invalidate_on_write_false_alone(upstream, make_sidecar, client):
+    upstream.default = numbered()
+    sc = await make_sidecar(policy(upstream, "{ttl: 5m, invalidate_on_write: false}"))
+    url = sc.url + "/supabase/rest/v1/bot_profiles"
+    await call(client, url)
+    await call(client, url, "POST")
+    assert state(await call(client, url)) == "HIT"
+
+
+async def test_by_default_a_successful_write_to_a_cached_path_invalidates_it(upstream, make_sidecar, client):
     upstream.default = numbered()
     sc = await make_sidecar(policy(upstream))
     url = sc.url + "/supabase/rest/v1/bot_profiles"
     await call(client, url)
     await call(client, url, "POST")
-    assert state(await call(client, url)) == "HIT"
+    assert state(await call(client, url)) == "MISS"
 
 
 # -- LRU bounds ------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.proxy.test_cache import call, state
+from tests.proxy.test_cache_http import validating
 from tests.support.upstream import FaultyUpstream, SilentListener, delay, numbered, respond
 
 SECRETS = {"Authorization": "Bearer sekrit-jwt-value", "apikey": "sekrit-api-key", "X-Tenant": "sekrit-tenant"}
@@ -284,3 +285,22 @@ async def test_a_closed_store_is_left_alone_and_never_revived(redis_url):
     assert await store.set("anything", b"v", 10) is False
     assert store._recovery is None
     assert metrics.cache_errors.labels("redis")._value.get() == 0
+
+
+async def test_a_replica_revalidates_what_another_stored_and_both_see_the_refreshed_entry(
+    upstream, make_sidecar, client, redis_url, redis_namespace
+):
+    # Entries carry their age, lifetime and validators through Redis: a replica revalidates another's entry.
+    upstream.default = validating(headers={"Cache-Control": "max-age=0", "Age": "5"},
+                                  not_modified={"Cache-Control": "max-age=60", "Age": "5"})
+    one = await make_sidecar(policy(upstream, redis_url, redis_namespace))
+    two = await make_sidecar(policy(upstream, redis_url, redis_namespace))
+    path = "/supabase/rest/v1/bot_profiles"
+    assert state(await call(client, one.url + path)) == "MISS"
+    revalidated = await call(client, two.url + path)
+    assert (revalidated[2], state(revalidated)) == (b"1", "REVALIDATED")
+    assert upstream.requests[1].headers["If-None-Match"] == '"v1"'
+    await asyncio.sleep(0.1)  # the refreshed entry is written once the answer went out
+    hit = await call(client, one.url + path)
+    assert (hit[2], state(hit)) == (b"1", "HIT")
+    assert int(hit[1]["Age"]) >= 5
