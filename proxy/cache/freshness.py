@@ -6,12 +6,16 @@ is stored and served with these numbers; nothing else computes an age or a lifet
 
 from __future__ import annotations
 
-import email.utils
+import datetime
 import math
+import re
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from multidict import CIMultiDictProxy
+
+MAX_AGE = 2**31  # RFC 9111 §1.2.2: the largest delta-seconds a cache needs to tell apart ("infinity")
 
 CacheControl = dict[str, str | None]
 
@@ -97,38 +101,57 @@ def _seconds_of(name: str, argument: str | None) -> float:
     if argument == "inf":  # what `_restrictive` writes back for an unbounded max-stale
         return math.inf
     # RFC 9111 §1.2.2: digits only; a value too large to represent is "infinity" (2^31 is the suggested cap).
-    return float(min(int(argument), 2**31)) if argument.isdigit() else 0.0
+    return float(min(int(argument), MAX_AGE)) if argument.isdigit() else 0.0
+
+
+_DAY = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+_MONTH = r"(?P<month>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
+_TIME = r"(?P<hour>\d\d):(?P<minute>\d\d):(?P<second>\d\d)"
+# RFC 9110 §5.6.7: exactly these three; anything else (a `UTC`, a two-digit year in the first form, a missing comma,
+# doubled spaces) is not an HTTP-date. email.utils accepts all of those, which made a bad Expires read as valid.
+_HTTP_DATES = (
+    re.compile(rf"{_DAY}, (?P<day>\d\d) {_MONTH} (?P<year>\d{{4}}) {_TIME} GMT"),  # IMF-fixdate
+    re.compile(rf"(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday), (?P<day>\d\d)-{_MONTH}-"
+               rf"(?P<year>\d\d) {_TIME} GMT"),  # obsolete RFC 850
+    re.compile(rf"{_DAY} {_MONTH} (?P<day>[ \d]\d) {_TIME} (?P<year>\d{{4}})"),  # obsolete asctime
+)
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 def http_date(value: str | None) -> float | None:
     """An HTTP-date (RFC 9110 §5.6.7) as a POSIX time; None when absent or invalid."""
     if not value:
         return None
-    try:
-        parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError, OverflowError):
+    for form in _HTTP_DATES:
+        found = form.fullmatch(value)
+        if found is not None:
+            break
+    else:
         return None
-    if parsed.tzinfo is None:
-        return None  # not one of the three formats, which all say GMT
+    year = int(found["year"])
+    if year < 100:  # RFC 850's two digits: the most recent year with them not over 50 years ahead
+        year += 2000 if year + 2000 <= time.gmtime().tm_year + 50 else 1900
     try:
-        return parsed.timestamp()
-    except (OverflowError, OSError, ValueError):
+        moment = datetime.datetime(year, _MONTHS.index(found["month"]) + 1, int(found["day"]), int(found["hour"]),
+                                   int(found["minute"]), int(found["second"]), tzinfo=datetime.UTC)
+    except ValueError:  # 31 February, 25 o'clock
         return None
+    return moment.timestamp()
 
 
-def explicit_lifetime(cc: CacheControl, headers: CIMultiDictProxy[str]) -> float | None:
+def explicit_lifetime(cc: CacheControl, expires_value: str | None, date_value: str | None) -> float | None:
     """§4.2.1 for a shared cache: s-maxage, else max-age, else Expires - Date; None when the origin said none
     (then a heuristic, the route's `ttl`, may apply: §4.2.2). An invalid Expires is already expired (§5.3)."""
     for name in ("s-maxage", "max-age"):
         value = seconds(cc, name)
         if value is not None:
             return value
-    if "Expires" not in headers:
+    if expires_value is None:
         return None
-    expires = http_date(headers.getone("Expires"))
-    if expires is None or len(headers.getall("Expires")) > 1:
+    expires = http_date(expires_value)
+    if expires is None:
         return 0.0
-    date = http_date(headers.get("Date"))
+    date = http_date(date_value)
     return max(0.0, expires - date) if date is not None else 0.0
 
 
@@ -146,10 +169,12 @@ def initial_age(headers: CIMultiDictProxy[str], request_time: float, response_ti
 
 
 def _age_value(values: list[str]) -> float:
-    """§5.1: non-negative delta-seconds; an invalid (or repeated, differing) Age is ignored."""
-    if len(set(values)) != 1 or not values[0].strip().isdigit():
+    """§5.1: non-negative delta-seconds, the first member only (of a list, or of repeated lines). An invalid one
+    means the answer is not to be reused: the largest age there is (stale), not 0 (fresh)."""
+    if not values:
         return 0.0
-    return float(min(int(values[0].strip()), 2**31))
+    first = values[0].split(",", 1)[0].strip()
+    return float(min(int(first), MAX_AGE)) if first.isascii() and first.isdigit() else float(MAX_AGE)
 
 
 def current_age(initial: float, response_time: float, now: float) -> float:

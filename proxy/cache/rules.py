@@ -12,6 +12,7 @@ overrides. The caller's `no-cache` fetches and stores anew, its `no-store` leave
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from enum import Enum
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -69,6 +70,29 @@ def cache_control(headers: CIMultiDictProxy[str] | CIMultiDict[str], name: str =
     return parse_cache_control(headers.getall(name, []))
 
 
+# RFC 9213 §2.1: a targeted field, when the origin sent a valid one, replaces Cache-Control *and* Expires for the
+# caches it targets. CDN-Cache-Control targets every cache between the origin and its clients that is not the
+# client's own: the sidecar is one, so it obeys what an origin tells its CDNs.
+TARGETED_FIELD = "CDN-Cache-Control"
+
+
+@dataclass(frozen=True, slots=True)
+class Directives:
+    """What the origin said to this cache about one answer: its directives, and whether Expires counts."""
+
+    said: CacheControl
+    expires: str | None  # the Expires to honour (None: absent, or overridden by the targeted field)
+
+
+def response_directives(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> Directives:
+    targeted = cache_control(headers, TARGETED_FIELD)
+    if targeted:
+        return Directives(targeted, None)
+    expires = headers.getall("Expires", [])
+    # Repeated Expires fields are as good as an invalid one (§5.3: already expired).
+    return Directives(cache_control(headers), (expires[0] if len(expires) == 1 else "invalid") if expires else None)
+
+
 def directives(headers: CIMultiDictProxy[str], name: str = "Cache-Control") -> set[str]:
     """Directive names, lowercased, arguments dropped: `max-age=0, No-Cache` -> {"max-age", "no-cache"}."""
     return set(cache_control(headers, name))
@@ -101,8 +125,9 @@ def refusal(rule: RouteCache, status: int, headers: CIMultiDictProxy[str], range
         return "Vary: *"
     if rule.override:
         return None
-    said = cache_control(headers)
-    if not _explicitly_cacheable(said, headers) and (status not in rule.statuses or status not in HEURISTIC_STATUSES):
+    origin = response_directives(headers)
+    said = origin.said
+    if not _explicitly_cacheable(origin) and (status not in rule.statuses or status not in HEURISTIC_STATUSES):
         return f"status {status}"
     for directive in ("no-store", "private"):
         if directive in said:
@@ -113,8 +138,8 @@ def refusal(rule: RouteCache, status: int, headers: CIMultiDictProxy[str], range
     return None
 
 
-def _explicitly_cacheable(cc: CacheControl, headers: CIMultiDictProxy[str]) -> bool:
-    return any(name in cc for name in EXPLICIT_DIRECTIVES) or "Expires" in headers
+def _explicitly_cacheable(origin: Directives) -> bool:
+    return any(name in origin.said for name in EXPLICIT_DIRECTIVES) or origin.expires is not None
 
 
 def forbids_stale(cc: CacheControl) -> bool:
@@ -123,8 +148,7 @@ def forbids_stale(cc: CacheControl) -> bool:
 
 def may_serve_stale(entry: Entry, rule: RouteCache) -> bool:
     """Whether the origin let this entry be served stale at all (the route's override says yes regardless)."""
-    return rule.override or not forbids_stale(parse_cache_control(v for k, v in entry.headers
-                                                                 if k.lower() == "cache-control"))
+    return rule.override or not forbids_stale(response_directives(CIMultiDict(entry.headers)).said)
 
 
 def entry_for(
@@ -141,8 +165,9 @@ def entry_for(
     With `override: true` the route's ttl is the lifetime and the route's stale_if_error applies whatever the
     origin said. Else the origin's no-cache / must-revalidate (and kin) take away every stale window, the
     route's stale_if_error included: RFC 9111 §4.2.4 is a MUST, and the origin said so for this very answer."""
-    cc = cache_control(headers)
-    explicit = None if rule.override else explicit_lifetime(cc, headers)
+    origin = response_directives(headers)
+    cc = origin.said
+    explicit = None if rule.override else explicit_lifetime(cc, origin.expires, headers.get("Date"))
     no_stale = not rule.override and forbids_stale(cc)
     stale_if_error = 0.0 if no_stale else max(rule.stale_if_error, seconds(cc, "stale-if-error") or 0.0)
     stored = stored_headers(headers)

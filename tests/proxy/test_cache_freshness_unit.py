@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email.utils
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -13,6 +14,7 @@ from proxy.cache.freshness import (
     acceptable,
     current_age,
     explicit_lifetime,
+    http_date,
     initial_age,
     parse_cache_control,
     seconds,
@@ -61,19 +63,43 @@ def test_an_invalid_lifetime_is_stale_and_a_bare_max_stale_accepts_any() -> None
 def test_s_maxage_beats_max_age_beats_expires() -> None:
     date = email.utils.formatdate(1_000_000, usegmt=True)
     expires = email.utils.formatdate(1_000_100, usegmt=True)
-    silent = headers(Date=date, Expires=expires)
-    assert explicit_lifetime(parse_cache_control(["s-maxage=5, max-age=10"]), silent) == 5
-    assert explicit_lifetime(parse_cache_control(["max-age=10"]), silent) == 10
-    assert explicit_lifetime({}, silent) == 100
-    assert explicit_lifetime({}, headers(Expires="0")) == 0  # an invalid Expires is already expired
-    assert explicit_lifetime({}, headers()) is None
+    assert explicit_lifetime(parse_cache_control(["s-maxage=5, max-age=10"]), expires, date) == 5
+    assert explicit_lifetime(parse_cache_control(["max-age=10"]), expires, date) == 10
+    assert explicit_lifetime({}, expires, date) == 100
+    assert explicit_lifetime({}, "0", date) == 0  # an invalid Expires is already expired
+    assert explicit_lifetime({}, None, date) is None
+
+
+@pytest.mark.parametrize("value", [
+    "Sun, 06 Nov 1994 08:49:37 GMT",  # IMF-fixdate
+    "Sunday, 06-Nov-94 08:49:37 GMT",  # obsolete RFC 850
+    "Sun Nov  6 08:49:37 1994",  # obsolete asctime
+])
+def test_the_three_http_date_formats_parse(value: str) -> None:
+    assert http_date(value) == 784111777.0
+
+
+@pytest.mark.parametrize("value", [
+    "Sun, 06 Nov 1994 08:49:37 UTC", "Sun, 06 Nov 94 08:49:37 GMT", "Sun 06 Nov 1994 08:49:37 GMT",
+    "Sun, 06 Nov  1994 08:49:37 GMT", "Sun, 06-Nov-1994 08:49:37 GMT", "Sun, 06 Nov 1994 08.49.37 GMT",
+    "Sun, 06 Nov 1994 8:49:37 GMT", "0", "", "Sun, 31 Feb 1994 08:49:37 GMT",
+])
+def test_anything_else_is_not_an_http_date(value: str) -> None:
+    # RFC 9110 §5.6.7; an Expires that is not one is already expired (RFC 9111 §5.3).
+    assert http_date(value) is None
+
+
+def test_the_first_member_of_age_counts_and_an_invalid_one_makes_the_answer_stale() -> None:
+    # RFC 9111 §5.1: additional members are discarded; an invalid value: the response is not reused.
+    assert initial_age(headers(Age="30, 0"), 0.0, 0.0) == 30
+    assert initial_age(headers(Age="old, 0"), 0.0, 0.0) >= 2**31
 
 
 def test_initial_age_takes_the_origins_age_plus_the_response_delay() -> None:
     now = 1_000_000.0
     assert initial_age(headers(Age="30"), now - 2, now) == 32
     assert initial_age(headers(Date=email.utils.formatdate(now - 10, usegmt=True)), now, now) == 9  # 1 s resolution
-    assert initial_age(headers(Age="-5"), now, now) == 0
+    assert initial_age(headers(Age="-5"), now, now) >= 2**31  # invalid: not to be reused (RFC 9111 §5.1)
 
 
 @given(st.floats(-1e9, 1e9), st.floats(0, 2e9), st.floats(0, 2e9), st.floats(0, 1e6))

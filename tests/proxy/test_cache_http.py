@@ -10,6 +10,7 @@ import itertools
 import time
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from tests.proxy.test_cache import call, policy, state
@@ -321,3 +322,23 @@ async def test_a_callers_max_stale_accepts_a_stale_entry_the_origin_did_not_forb
     await call(client, sc.url + URL)
     reply = await call(client, sc.url + URL, headers={"Cache-Control": "max-stale=60"})
     assert (reply[2], state(reply)) == (b"1", "HIT")
+
+
+@pytest.mark.parametrize("cdn", ["no-store", "max-age=0", "private", "no-cache"])
+async def test_cdn_cache_control_overrides_cache_control_and_expires(upstream, make_sidecar, client, cdn):
+    # RFC 9213: an origin's CDN-Cache-Control speaks to every cache on its side of the client, this one included,
+    # and replaces its Cache-Control and Expires.
+    far = "Fri, 01 Jan 2100 00:00:00 GMT"
+    upstream.default = numbered(headers={"Cache-Control": "max-age=600", "Expires": far, "CDN-Cache-Control": cdn})
+    sc = await make_sidecar(policy(upstream))
+    await call(client, sc.url + URL)
+    again = await call(client, sc.url + URL)
+    assert again[2] == b"2"  # from the origin, not the first answer stored
+    assert len(upstream.requests) == 2
+
+
+async def test_an_expires_that_is_not_an_http_date_is_already_expired(upstream, make_sidecar, client):
+    upstream.default = numbered(headers={"Expires": "Fri, 01 Jan 2100 00:00:00 UTC"})  # UTC: not an HTTP-date
+    sc = await make_sidecar(policy(upstream))
+    await call(client, sc.url + URL)
+    assert (await call(client, sc.url + URL))[2] == b"2"
