@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from proxy.logs import configure
 from proxy.policy import Address, Policy, PolicyError, Problem, load_policy
 from proxy.policy.render import effective_policy
+from proxy.policy.summary import summary
 
 
 def _run_parser() -> argparse.ArgumentParser:
@@ -23,9 +24,17 @@ def _run_parser() -> argparse.ArgumentParser:
 
 
 def _check_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="egress-proxy check", description="Validate a policy file")
+    parser = argparse.ArgumentParser(
+        prog="egress-proxy check",
+        description="Validate a policy file: every error with its line, or a short summary and `ok`.",
+    )
     parser.add_argument("policy", help="policy file to validate")
-    parser.add_argument("--no-bind", action="store_true", help="do not test that the ports are free")
+    parser.add_argument("--show", action="store_true", help="print the full effective policy (JSON, secrets "
+                        "redacted) instead of the summary")
+    # Off by default: the check an operator runs before a reload sits next to the sidecar that holds these ports.
+    parser.add_argument("--bind", action="store_true", help="also test that `listen` and `admin` can be bound "
+                        "(before a first start; fails next to a running sidecar)")
+    parser.add_argument("--no-bind", action="store_true", help=argparse.SUPPRESS)  # the old opt-out: now the default
     return parser
 
 
@@ -42,23 +51,31 @@ def _port_problem(address: Address, key: str, source: str) -> Problem | None:
     return None
 
 
+def _by_line(problems: Sequence[Problem]) -> list[Problem]:
+    """In file order: the loader reports by section (upstreams before `cache`), an operator reads top down."""
+    return sorted(problems, key=lambda p: p.line)  # stable: problems on one line keep the loader's order
+
+
 def check(argv: Sequence[str]) -> int:
     args = _check_parser().parse_args(argv)
     try:
         policy = load_policy(args.policy)
     except PolicyError as exc:
-        for problem in exc.problems:
+        for problem in _by_line(exc.problems):
             print(problem, file=sys.stderr)
         print(f"{args.policy}: {len(exc.problems)} error(s)", file=sys.stderr)
         return 1
-    problems = [] if args.no_bind else [
+    problems = [] if not args.bind else [
         p for p in (
             _port_problem(policy.listen, "listen", policy.source),
             _port_problem(policy.admin.listen, "admin", policy.source),
         ) if p is not None
     ]
-    print(json.dumps(effective_policy(policy), indent=2))
-    for problem in problems:
+    if args.show:
+        print(json.dumps(effective_policy(policy), indent=2))
+    else:
+        print("\n".join(summary(policy)))
+    for problem in _by_line(problems):
         print(problem, file=sys.stderr)
     if problems:
         return 1
