@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import hmac
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -136,14 +137,16 @@ def mutating(handler: Handler) -> Handler:
 
 async def health(request: web.Request) -> web.Response:
     state = _state(request)
-    return _json({"status": "ok", "version": __version__, "uptime_seconds": round(time.time() - state.started, 3)})
+    # The pid: a launcher tells its own child's answer from another instance's on the same port.
+    return _json({"status": "ok", "version": __version__, "pid": os.getpid(),
+                  "uptime_seconds": round(time.time() - state.started, 3)})
 
 
 async def ready(request: web.Request) -> web.Response:
     state = _state(request)
     if not state.ready:
-        return _json({"status": "not_ready"}, status=503)
-    return _json({"status": "ready", "policy": state.runtime.policy.source})
+        return _json({"status": "not_ready", "pid": os.getpid()}, status=503)
+    return _json({"status": "ready", "pid": os.getpid(), "policy": state.runtime.policy.source})
 
 
 async def metrics(request: web.Request) -> web.Response:
