@@ -311,6 +311,43 @@ async def test_run_reports_a_port_in_use_with_its_line(tmp_path):
     assert f"{path}:2: listen: cannot listen on 127.0.0.1:{port}: address already in use" in stderr
 
 
+async def test_policy_shows_the_last_reload_attempt_of_a_running_sidecar(upstream, sidecar_process, tmp_path):
+    sc = await sidecar_process(upstream_policy(upstream), env=clean_env(GEMINI_API_KEY="k"))
+    path = tmp_path / "policy.yaml"
+    good = path.read_text()
+    async with aiohttp.ClientSession() as session:
+        async with session.get(sc.admin + "/policy") as resp:
+            before = await resp.json()
+        assert before["reload"]["last_attempt"] is None
+        assert before["reload"]["policy_loaded_at"].endswith("Z")
+
+        route = "      - name: generate\n"
+        path.write_text(good.replace(route, route + "        retry: {attempts: x}\n"))
+        async with session.post(sc.admin + "/reload") as resp:
+            assert resp.status == 400
+        async with session.get(sc.admin + "/policy") as resp:
+            refused = await resp.json()
+        attempt = refused["reload"]["last_attempt"]
+        assert attempt["result"] == "refused"
+        assert attempt["problems"] == [
+            f"{path}:10: upstreams.gemini.routes[0].retry.attempts: expected a whole number, got 'x'"]
+        assert attempt["at"] >= before["reload"]["policy_loaded_at"]
+        assert refused["reload"]["policy_loaded_at"] == before["reload"]["policy_loaded_at"]  # the old one runs
+        assert refused["upstreams"]["gemini"]["routes"][0]["retry"]["attempts"] == 3
+
+        path.write_text(good.replace("shutdown_grace: 5s", "shutdown_grace: 4s"))
+        sc.proc.send_signal(signal.SIGHUP)  # the other way to reload: recorded the same
+        for _ in range(250):
+            async with session.get(sc.admin + "/policy") as resp:
+                applied = await resp.json()
+            if applied["reload"]["last_attempt"]["result"] == "applied":
+                break
+            await asyncio.sleep(0.02)
+        assert applied["reload"]["last_attempt"] == {
+            "at": applied["reload"]["policy_loaded_at"], "result": "applied", "problems": [], "notes": []}
+        assert applied["shutdown_grace"] == "4s"
+
+
 # -- logs ------------------------------------------------------------------------------------------------
 
 
