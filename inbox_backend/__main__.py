@@ -7,9 +7,21 @@ import asyncio
 import logging
 import sys
 
+from yarl import URL
+
 from inbox_backend.app import create_app
 from inbox_backend.serving import serve
 from inbox_backend.settings import Settings, SettingsError
+
+
+def egress(settings: Settings) -> str:
+    """Where calls go, as an operator would curl it: the sidecar's data plane (its admin port only answers health
+    and breakers), one origin when every upstream goes through the same sidecar."""
+    if settings.direct:
+        return "direct to the upstreams"
+    origins = {str(URL(url).origin()) for _, url in settings.sidecar_urls}
+    where = origins.pop() if len(origins) == 1 else ", ".join(url for _, url in settings.sidecar_urls)
+    return f"through the sidecar at {where} (its admin port {settings.sidecar_admin_url})"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,9 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"inbox backend: {exc}", file=sys.stderr)
         return 2
-    egress = "direct to the upstreams" if settings.direct else f"through the sidecar ({settings.sidecar_admin_url})"
-    host, port = settings.host, settings.port
-    print(f"inbox backend on http://{host}:{port}, egress {egress}", flush=True)
+    print(f"inbox backend on http://{settings.host}:{settings.port}, egress {egress(settings)}", flush=True)
     asyncio.run(serve(create_app(settings), settings))
     return 0
 

@@ -7,6 +7,7 @@ timeout, never through the data plane.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 import aiohttp
@@ -68,24 +69,26 @@ def overall(upstreams: dict[str, dict[str, Any]]) -> Status:
 
 
 async def health(request: web.Request) -> web.Response:
+    """Each answer carries the pid: a launcher tells its own child from another instance on the same port."""
     state = app_state(request)
     if state.settings.direct:
         # Nothing between us and the upstreams to ask; the upstreams' own health is not probed.
-        body = {"status": "ok", "backend": "ok", "egress_mode": "direct", "sidecar": {"reachable": None}}
+        body = {"status": "ok", "backend": "ok", "pid": os.getpid(), "egress_mode": "direct",
+                "sidecar": {"reachable": None}}
         return web.json_response(body)
     try:
         breakers = await sidecar_breakers(state)
     except SidecarUnreachable as exc:
         # Every outbound call goes through the sidecar: without it the inbox can do nothing.
         body = {
-            "status": "down", "backend": "ok", "egress_mode": "sidecar",
+            "status": "down", "backend": "ok", "pid": os.getpid(), "egress_mode": "sidecar",
             "sidecar": {"reachable": False, "error": str(exc)},
         }
         return web.json_response(body, status=503)
     upstreams = upstream_breakers(breakers)
     status = overall(upstreams)
     body = {
-        "status": status, "backend": "ok", "egress_mode": "sidecar",
+        "status": status, "backend": "ok", "pid": os.getpid(), "egress_mode": "sidecar",
         "sidecar": {"reachable": True}, "upstreams": upstreams,
     }
     return web.json_response(body, status=503 if status == "down" else 200)

@@ -3,6 +3,9 @@
 Starts the upstream simulator, the egress sidecar (config/policy.local.yaml) and the backend as child
 processes, waits until each is ready, prints where they are and what to try, and stops all three on
 Ctrl-C or SIGTERM (exit 0). If one of them dies, the others are stopped and the exit status is 1.
+
+Every port is checked before anything starts (one in use: exit 1, naming it), and a child is ready only when
+its own pid answers its health URL: another stack already on these ports is never taken for this one.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Mapping
@@ -40,6 +44,14 @@ class Ports:
     sidecar: int = 8081
     admin: int = 9901
     simulator: int = 9100  # the control port; the upstreams take the next four
+
+    def named(self) -> list[tuple[int, str, str]]:
+        """Every port the stack listens on: (port, what it is, the option that moves it)."""
+        simulator = [(self.simulator, "upstream simulator control", "--simulator-port")]
+        simulator += [(self.simulator + offset, f"simulated {upstream}", "--simulator-port")
+                      for upstream, offset in SIMULATOR_OFFSETS.items()]
+        return [(self.backend, "inbox backend", "--backend-port"), (self.sidecar, "egress sidecar", "--sidecar-port"),
+                (self.admin, "sidecar admin", "--admin-port"), *simulator]
 
     def simulator_url(self, upstream: Upstream) -> str:
         return f"http://127.0.0.1:{self.simulator + SIMULATOR_OFFSETS[upstream]}"
@@ -91,6 +103,25 @@ class ChildDied(Exception):
     pass
 
 
+def ports_in_use(ports: Ports) -> list[str]:
+    """Why the stack cannot start: one line per port something else listens on (or that is taken twice)."""
+    problems = []
+    seen: set[int] = set()
+    for port, what, option in ports.named():
+        if port in seen:
+            problems.append(f"port {port} ({what}) is given to two processes: pick another with {option}")
+            continue
+        seen.add(port)
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the children bind: TIME_WAIT is free
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError as exc:
+                problems.append(f"port {port} ({what}) is not free: {exc.strerror}. Stop what holds it (another "
+                                f"`make run`? `ss -ltnp 'sport = :{port}'` names it) or pick another with {option}")
+    return problems
+
+
 # Linux: the child asks the kernel for SIGTERM when its parent (this launcher) dies, even by SIGKILL, then
 # becomes the real program (the request survives exec). Without it a killed launcher leaves three servers
 # holding the stack's ports. Elsewhere the children are only stopped by a live launcher.
@@ -124,8 +155,14 @@ class Supervisor:
         while time.monotonic() < deadline:
             if process.returncode is not None:
                 raise ChildDied(f"{child.name} exited with status {process.returncode} while starting")
-            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
                 async with http.get(child.ready_url, timeout=aiohttp.ClientTimeout(total=1)) as response:
+                    body = await response.json(content_type=None)
+                    answered = body.get("pid") if isinstance(body, dict) else None
+                    if answered != process.pid:
+                        # Someone else's server on the child's port (it took it after the check): never "ready".
+                        raise ChildDied(f"{child.ready_url} is answered by another process (pid {answered}), not "
+                                        f"the {child.name} just started (pid {process.pid}): is another stack running?")
                     if response.status == 200:
                         return
             await asyncio.sleep(0.1)
@@ -187,6 +224,12 @@ async def run(ports: Ports, policy: str) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    taken = ports_in_use(ports)
+    if taken:
+        for problem in taken:
+            log(problem)
+        log("nothing was started")
+        return 1
     supervisor = Supervisor()
     status = 0
     try:
@@ -223,12 +266,16 @@ async def run(ports: Ports, policy: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     defaults = Ports()
     parser = argparse.ArgumentParser(prog="python -m inbox_backend.stack", description=__doc__.split("\n")[0])
-    parser.add_argument("--backend-port", type=int, default=defaults.backend)
-    parser.add_argument("--sidecar-port", type=int, default=defaults.sidecar)
-    parser.add_argument("--admin-port", type=int, default=defaults.admin)
+    parser.add_argument("--backend-port", type=int, default=defaults.backend,
+                        help="the inbox backend (default %(default)s)")
+    parser.add_argument("--sidecar-port", type=int, default=defaults.sidecar,
+                        help="the egress sidecar's data plane (default %(default)s)")
+    parser.add_argument("--admin-port", type=int, default=defaults.admin,
+                        help="the sidecar's admin port (default %(default)s)")
     parser.add_argument("--simulator-port", type=int, default=defaults.simulator,
                         help="the simulator's control port; its upstreams use the next four (default %(default)s)")
-    parser.add_argument("--policy", default="config/policy.local.yaml", help="sidecar policy (%(default)s)")
+    parser.add_argument("--policy", default="config/policy.local.yaml",
+                        help="sidecar policy (default %(default)s)")
     args = parser.parse_args(argv)
     ports = Ports(args.backend_port, args.sidecar_port, args.admin_port, args.simulator_port)
     return asyncio.run(run(ports, args.policy))

@@ -20,9 +20,11 @@ from __future__ import annotations
 import functools
 import hmac
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -43,14 +45,37 @@ class ReloadResult:
     notes: list[str]  # what the reload could not apply (addresses: restart)
 
 
+@dataclass(frozen=True, slots=True)
+class ReloadAttempt:
+    at: float  # epoch seconds
+    result: ReloadResult
+
+    def show(self) -> dict[str, Any]:
+        return {"at": _iso(self.at), "result": "applied" if self.result.applied else "refused",
+                "problems": self.result.problems, "notes": self.result.notes}
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 class AdminState:
-    """What the admin app reads: the runtime, whether the data plane is serving, and how to reload."""
+    """What the admin app reads: the runtime, whether the data plane is serving, how to reload, and how the last
+    reload went (a refused one leaves the running policy as it was: `/policy` says so, not only the log)."""
 
     def __init__(self, live: LiveRuntime, reload: Callable[[], Awaitable[ReloadResult]] | None = None) -> None:
         self.live = live
         self.ready = False
         self.started = time.time()
         self.reload = reload
+        self.policy_loaded_at = self.started
+        self.last_reload: ReloadAttempt | None = None
+
+    def note_reload(self, result: ReloadResult) -> None:
+        """Every attempt, by SIGHUP or `POST /reload`, applied or not."""
+        self.last_reload = ReloadAttempt(time.time(), result)
+        if result.applied:
+            self.policy_loaded_at = self.last_reload.at
 
     @property
     def runtime(self) -> Runtime:
@@ -136,14 +161,16 @@ def mutating(handler: Handler) -> Handler:
 
 async def health(request: web.Request) -> web.Response:
     state = _state(request)
-    return _json({"status": "ok", "version": __version__, "uptime_seconds": round(time.time() - state.started, 3)})
+    # The pid: a launcher tells its own child's answer from another instance's on the same port.
+    return _json({"status": "ok", "version": __version__, "pid": os.getpid(),
+                  "uptime_seconds": round(time.time() - state.started, 3)})
 
 
 async def ready(request: web.Request) -> web.Response:
     state = _state(request)
     if not state.ready:
-        return _json({"status": "not_ready"}, status=503)
-    return _json({"status": "ready", "policy": state.runtime.policy.source})
+        return _json({"status": "not_ready", "pid": os.getpid()}, status=503)
+    return _json({"status": "ready", "pid": os.getpid(), "policy": state.runtime.policy.source})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -151,8 +178,18 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+# The key of `/policy` that is not the policy's: the running policy's load time and the last reload attempt.
+RELOAD_KEY = "reload"
+
+
 async def policy(request: web.Request) -> web.Response:
-    return _json(effective_policy(_state(request).runtime.policy))
+    """The running (effective) policy, plus under `reload` when it was loaded and how the last attempt went."""
+    state = _state(request)
+    shown = effective_policy(state.runtime.policy)
+    last = state.last_reload
+    shown[RELOAD_KEY] = {"policy_loaded_at": _iso(state.policy_loaded_at),
+                         "last_attempt": last.show() if last is not None else None}
+    return _json(shown)
 
 
 async def breakers(request: web.Request) -> web.Response:

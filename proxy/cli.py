@@ -7,11 +7,15 @@ import asyncio
 import json
 import socket
 import sys
+import urllib.parse
+import urllib.request
 from collections.abc import Sequence
+from typing import Any
 
 from proxy.logs import configure
 from proxy.policy import Address, Policy, PolicyError, Problem, load_policy
 from proxy.policy.render import effective_policy
+from proxy.policy.summary import summary
 
 
 def _run_parser() -> argparse.ArgumentParser:
@@ -23,9 +27,20 @@ def _run_parser() -> argparse.ArgumentParser:
 
 
 def _check_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="egress-proxy check", description="Validate a policy file")
-    parser.add_argument("policy", help="policy file to validate")
-    parser.add_argument("--no-bind", action="store_true", help="do not test that the ports are free")
+    parser = argparse.ArgumentParser(
+        prog="egress-proxy check",
+        description="Validate a policy file: every error with its line, or a short summary and `ok`.",
+    )
+    parser.add_argument("policy", nargs="?", help="policy file to validate")
+    parser.add_argument("--diff", nargs=2, metavar=("OLD", "NEW"), help="what changes from OLD (a policy file, or a "
+                        "running sidecar's admin URL such as http://127.0.0.1:9901/policy) to the policy file NEW, "
+                        "and what a reload would carry over; exit 0: no change, 1: changes, 2: trouble (like diff)")
+    parser.add_argument("--show", action="store_true", help="print the full effective policy (JSON, secrets "
+                        "redacted) instead of the summary")
+    # Off by default: the check an operator runs before a reload sits next to the sidecar that holds these ports.
+    parser.add_argument("--bind", action="store_true", help="also test that `listen` and `admin` can be bound "
+                        "(before a first start; fails next to a running sidecar)")
+    parser.add_argument("--no-bind", action="store_true", help=argparse.SUPPRESS)  # the old opt-out: now the default
     return parser
 
 
@@ -42,23 +57,82 @@ def _port_problem(address: Address, key: str, source: str) -> Problem | None:
     return None
 
 
+def _by_line(problems: Sequence[Problem]) -> list[Problem]:
+    """In file order: the loader reports by section (upstreams before `cache`), an operator reads top down."""
+    return sorted(problems, key=lambda p: p.line)  # stable: problems on one line keep the loader's order
+
+
+def _problems(file: str, exc: PolicyError) -> None:
+    for problem in _by_line(exc.problems):
+        print(problem, file=sys.stderr)
+    print(f"{file}: {len(exc.problems)} error(s)", file=sys.stderr)
+
+
+def _running_policy(url: str) -> dict[str, Any]:
+    """A running sidecar's effective policy, from its admin `/policy` (the URL may stop at the port)."""
+    from proxy.admin import RELOAD_KEY
+
+    if not urllib.parse.urlsplit(url).path.strip("/"):
+        url = url.rstrip("/") + "/policy"
+    with urllib.request.urlopen(url, timeout=10) as response:  # http(s) only: checked by the caller
+        shown: dict[str, Any] = json.loads(response.read())
+    shown.pop(RELOAD_KEY, None)
+    return shown
+
+
+DIFF_TROUBLE = 2  # as diff(1): 0 the same, 1 different, 2 trouble
+
+
+def check_diff(old: str, new: str) -> int:
+    from proxy.diff import diff, report
+
+    try:
+        after = effective_policy(load_policy(new))
+    except PolicyError as exc:
+        _problems(new, exc)
+        return DIFF_TROUBLE
+    if old.startswith(("http://", "https://")):
+        try:
+            before = _running_policy(old)
+        except (OSError, ValueError) as exc:  # URLError and HTTPError are OSErrors; bad JSON a ValueError
+            print(f"{old}: cannot read the running policy: {exc}", file=sys.stderr)
+            return DIFF_TROUBLE
+    else:
+        try:
+            before = effective_policy(load_policy(old))
+        except PolicyError as exc:
+            _problems(old, exc)
+            return DIFF_TROUBLE
+    result = diff(before, after)
+    print("\n".join(report(old, new, result)))
+    return 1 if result.changed else 0
+
+
 def check(argv: Sequence[str]) -> int:
-    args = _check_parser().parse_args(argv)
+    parser = _check_parser()
+    args = parser.parse_args(argv)
+    if args.diff:
+        if args.policy is not None:
+            parser.error("give either FILE or --diff OLD NEW")
+        return check_diff(*args.diff)
+    if args.policy is None:
+        parser.error("a policy file is required (or --diff OLD NEW)")
     try:
         policy = load_policy(args.policy)
     except PolicyError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        print(f"{args.policy}: {len(exc.problems)} error(s)", file=sys.stderr)
+        _problems(args.policy, exc)
         return 1
-    problems = [] if args.no_bind else [
+    problems = [] if not args.bind else [
         p for p in (
             _port_problem(policy.listen, "listen", policy.source),
             _port_problem(policy.admin.listen, "admin", policy.source),
         ) if p is not None
     ]
-    print(json.dumps(effective_policy(policy), indent=2))
-    for problem in problems:
+    if args.show:
+        print(json.dumps(effective_policy(policy), indent=2))
+    else:
+        print("\n".join(summary(policy)))
+    for problem in _by_line(problems):
         print(problem, file=sys.stderr)
     if problems:
         return 1

@@ -1,24 +1,16 @@
 """Everything with state, built from one `Policy`, and how each piece lives through a reload.
 
-    piece                      lifetime                                         declared at
-    metrics registry           the process                                      Runtime (kept from `previous`)
-    router, routes             one policy version                               Runtime
-    breakers                   carried by name; new thresholds apply            stages.breaker.Breakers.carry
-    bulkhead                   carried while the upstream's limits are unchanged stages.bulkhead.Bulkhead.carry
-    retry budget window        carried while its settings are unchanged         stages.retry.RetryBudgetWindow.carry
-    throttle clock             carried always (per upstream name)               throttle.ThrottleClock.carry
-    connection pools           carried while URL and idle bounds are unchanged  forward.Pools.carry
-    response cache             carried while `cache` settings are unchanged     cache.ResponseCache.carry
-    recent attempt counts      carried always (per upstream name)               UpstreamState
-
-One owner, handed out through one `LiveRuntime` reference that a reload swaps in one place; a request keeps the
-runtime it arrived under (`Exchange.runtime`). No module-level state.
+`LIFETIMES` below is the table of what a reload carries over and what it starts anew, one row per piece, next to
+the `carry` rule that implements it (`check --diff` reports from it; a test holds each row to what `successor`
+does). One owner, handed out through one `LiveRuntime` reference that a reload swaps in one place; a request keeps
+the runtime it arrived under (`Exchange.runtime`). No module-level state.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from proxy.cache import ResponseCache
 from proxy.forward import Forwarder, Pools
@@ -32,8 +24,42 @@ from proxy.throttle import ThrottleClock
 from proxy.window import SlidingCounts
 
 
+@dataclass(frozen=True, slots=True)
+class Lifetime:
+    """One piece of state and its rule over a reload.
+
+    `scope`: `process` (always carried), `version` (always rebuilt), `top` (carried while `settings` are unchanged),
+    `upstream` (per upstream name: carried while the upstream stays and its `settings` are unchanged), `breaker`
+    (per breaker name: carried while a route still names it). `settings` are keys of the effective policy (`GET
+    /policy`, dotted, at the scope's level; a key covers everything under it)."""
+
+    piece: str
+    rule: str
+    declared_at: str
+    scope: Literal["process", "version", "top", "upstream", "breaker"]
+    settings: tuple[str, ...] = ()
+
+
+LIFETIMES: tuple[Lifetime, ...] = (
+    Lifetime("metrics registry", "the process", "Runtime (kept from `previous`)", "process"),
+    Lifetime("router, routes", "one policy version", "Runtime", "version"),
+    Lifetime("breakers", "carried by name (state and counts); new thresholds apply", "stages.breaker.Breakers.carry",
+             "breaker"),
+    Lifetime("bulkhead", "carried while the upstream's limits are unchanged", "stages.bulkhead.Bulkhead.carry",
+             "upstream", ("limits",)),
+    Lifetime("retry budget window", "carried while its settings are unchanged", "stages.retry.RetryBudgetWindow.carry",
+             "upstream", ("retry.budget",)),
+    Lifetime("throttle clock", "carried always (per upstream name)", "throttle.ThrottleClock.carry", "upstream"),
+    Lifetime("connection pools", "carried while URL and idle bounds are unchanged", "forward.Pools.carry", "upstream",
+             ("url", "limits.keepalive", "limits.keepalive_non_idempotent")),
+    Lifetime("response cache", "carried while `cache` settings are unchanged", "cache.ResponseCache.carry", "top",
+             ("cache",)),
+    Lifetime("recent attempt counts", "carried always (per upstream name)", "UpstreamState", "upstream"),
+)
+
+
 class UpstreamState:
-    """One upstream's live state, each piece carried from `previous` by its own rule (see the module's table)."""
+    """One upstream's live state, each piece carried from `previous` by its own rule (see LIFETIMES)."""
 
     def __init__(
         self, upstream: Upstream, metrics: Metrics, telemetry: BreakerTelemetry, previous: UpstreamState | None

@@ -95,7 +95,10 @@ class Sidecar:
         and returned. A good one takes effect for the next request; breakers, pools, throttle clocks and the
         cache carry over; what the new policy dropped is closed once in-flight requests had `shutdown_grace`."""
         async with self._reloading:  # one at a time: two would both succeed the same runtime, orphaning one
-            return await self._reload()
+            result = await self._reload()
+            if self.admin_state is not None:
+                self.admin_state.note_reload(result)
+            return result
 
     async def _reload(self) -> ReloadResult:
         if self.live is None:

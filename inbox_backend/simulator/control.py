@@ -17,6 +17,7 @@ Endpoints::
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from aiohttp import web
@@ -35,7 +36,8 @@ def _error(message: str, status: int = 400) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok", "urls": _state(request).urls})
+    # The pid: a launcher tells its own simulator from another one on the same port.
+    return web.json_response({"status": "ok", "pid": os.getpid(), "urls": _state(request).urls})
 
 
 async def list_faults(request: web.Request) -> web.Response:

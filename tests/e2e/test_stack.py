@@ -68,6 +68,7 @@ class Launched:
     backend: str
     control: str
     log: Path
+    sidecar: str = ""
     children: list[int] = field(default_factory=list)
 
 
@@ -81,7 +82,8 @@ async def launched(tmp_path: Path) -> AsyncIterator[Launched]:
             sys.executable, "-m", "inbox_backend.stack", *(str(x) for kv in ports.items() for x in kv),
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
         )
-    launched = Launched(process, f"http://127.0.0.1:{base + 5}", f"http://127.0.0.1:{base}", log)
+    launched = Launched(process, f"http://127.0.0.1:{base + 5}", f"http://127.0.0.1:{base}", log,
+                        f"http://127.0.0.1:{base + 6}")
     try:
         await wait_for_banner(launched)
         launched.children = children_of(process.pid)
@@ -119,6 +121,8 @@ async def wait_for_banner(launched: Launched) -> None:
 async def test_make_run_stack_answers_a_signed_webhook_and_stops_cleanly_on_ctrl_c(launched: Launched) -> None:
     children = launched.children
     assert len(children) == 3
+    # The backend names where its calls go (the data plane), not the sidecar's admin port.
+    assert f"egress through the sidecar at {launched.sidecar} (" in launched.log.read_text(errors="replace")
 
     helper = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "inbox_backend.send_webhook", "hello from the e2e test",
@@ -163,3 +167,62 @@ async def test_a_killed_launcher_takes_its_children_with_it(launched: Launched) 
             break
         await asyncio.sleep(0.1)
     assert [pid for pid in children if alive(pid)] == [], "children outlived a SIGKILLed launcher"
+
+
+def run_stack(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "inbox_backend.stack", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_help_shows_every_port_default() -> None:
+    done = run_stack("--help")
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    for default in ("(default 8000)", "(default 8081)", "(default 9901)", "(default 9100)",
+                    "(default config/policy.local.yaml)"):
+        assert default in text, default
+
+
+def test_a_port_in_use_stops_the_stack_before_anything_starts() -> None:
+    base = free_ports(8)
+    ports = ["--simulator-port", str(base), "--backend-port", str(base + 5), "--sidecar-port", str(base + 6),
+             "--admin-port", str(base + 7)]
+    with socket.socket() as holder:  # another process's sidecar, say, on the data port
+        holder.bind(("127.0.0.1", base + 6))
+        holder.listen(1)
+        done = run_stack(*ports, timeout=15)
+    assert done.returncode == 1
+    assert f"port {base + 6} (egress sidecar) is not free" in done.stderr
+    assert "--sidecar-port" in done.stderr and "nothing was started" in done.stderr
+    assert "ready (pid" not in done.stderr and "Inbox stack is up" not in done.stdout
+    for port in (base, base + 5, base + 7):  # no child got as far as binding
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", port))
+
+
+async def test_a_child_is_not_ready_when_another_process_answers_its_url() -> None:
+    from aiohttp import web
+
+    from inbox_backend.stack import Child, ChildDied, Supervisor
+
+    async def impostor(_: web.Request) -> web.Response:  # a server left over from another run
+        return web.json_response({"status": "ok", "pid": 1})
+
+    app = web.Application()
+    app.router.add_get("/health", impostor)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    child = await asyncio.create_subprocess_exec(sys.executable, "-c", "import time; time.sleep(30)")
+    try:
+        started = Child("backend", (), {}, f"http://127.0.0.1:{port}/health")
+        async with aiohttp.ClientSession() as http:
+            with pytest.raises(ChildDied, match=rf"answered by another process \(pid 1\), not the backend just "
+                                                rf"started \(pid {child.pid}\)"):
+                await asyncio.wait_for(Supervisor()._wait_ready(started, child, http), 10)
+    finally:
+        child.kill()
+        await child.wait()
+        await runner.cleanup()

@@ -26,6 +26,7 @@ import pytest
 from yarl import URL
 
 from proxy.logs import AccessEntry, JsonFormatter, TextFormatter, configure, log_accesses, redact_target
+from proxy.policy import PolicyError, load_policy
 from tests.support.upstream import FaultyUpstream, delay, echo, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,14 +61,14 @@ def busy_port() -> Iterator[int]:
 # -- check -----------------------------------------------------------------------------------------------
 
 
-def test_check_the_shipped_policy_prints_it_without_secrets():
+def test_check_show_prints_the_shipped_policy_without_secrets():
     env = clean_env(
         EGRESS_LISTEN=f"127.0.0.1:{free_port()}",
         EGRESS_ADMIN=f"127.0.0.1:{free_port()}",
         GEMINI_API_KEY="supersecret",
         EGRESS_ADMIN_TOKEN="adminsupersecret",
     )
-    done = check(SHIPPED, env=env)
+    done = check(SHIPPED, "--show", env=env)
     assert done.returncode == 0, done.stderr
     policy = json.loads(done.stdout)
     assert policy["source"] == SHIPPED
@@ -104,6 +105,45 @@ def test_check_a_broken_file_prints_every_error_with_its_line(tmp_path):
     ]
 
 
+def test_check_prints_a_short_summary_and_ok():
+    env = clean_env(GEMINI_API_KEY="supersecret", EGRESS_ADMIN_TOKEN="adminsupersecret")
+    done = check(SHIPPED, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip() == f"{SHIPPED}: ok"
+    lines = done.stdout.splitlines()
+    assert len(lines) < 50  # the effective policy is hundreds (`--show`)
+    assert lines[0].startswith(f"{SHIPPED}: 4 upstream(s), ")
+    text = done.stdout
+    for expected in ("  gemini: ", "    breakers  gemini opens after 5 failures for 10s",
+                     "    hedged    generate after 5s (up to 1)", "auth_user for 60s", "100 in flight, 50 queued",
+                     "3 attempts on [connect_error, reset, timeout, 502, 503, 504]"):
+        assert expected in text, expected
+    assert "supersecret" not in text and "(token set)" in text
+
+
+# Errors the loader finds section by section (upstreams before `cache` and `shutdown_grace`): printed by line.
+OUT_OF_ORDER = """\
+shutdown_grace: fast
+upstreams:
+  g:
+    url: ftp://g.example
+    timeouts: {read: soon}
+cache: {max_entries: -1}
+"""
+
+
+def test_check_prints_errors_in_line_order(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text(OUT_OF_ORDER)
+    done = check(str(path))
+    assert done.returncode == 1
+    lines = [line.split(": ")[0] for line in done.stderr.splitlines()]
+    assert lines == [f"{path}:1", f"{path}:4", f"{path}:5", f"{path}:6", str(path)]
+    with pytest.raises(PolicyError) as raised:  # the loader's own order, which check used to print as is
+        load_policy(path)
+    assert [p.line for p in raised.value.problems] != [1, 4, 5, 6]
+
+
 def test_check_a_missing_file(tmp_path):
     missing = tmp_path / "nope.yaml"
     done = check(str(missing))
@@ -111,18 +151,27 @@ def test_check_a_missing_file(tmp_path):
     assert done.stderr.splitlines()[0] == f"{missing}: cannot read the policy file: No such file or directory"
 
 
-def test_check_reports_ports_in_use_with_their_lines(tmp_path):
+def test_check_does_not_bind_so_it_passes_next_to_the_running_sidecar(tmp_path):
+    with busy_port() as listen, busy_port() as admin:  # a sidecar of this policy, say, is serving on them
+        path = tmp_path / "policy.yaml"
+        path.write_text(f"listen: 127.0.0.1:{listen}\nadmin: 127.0.0.1:{admin}\nupstreams: {{}}\n")
+        done = check(str(path))
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.strip() == f"{path}: ok"
+        assert check(str(path), "--no-bind").returncode == 0  # the old opt-out is still accepted
+
+
+def test_check_bind_reports_ports_in_use_with_their_lines(tmp_path):
     with busy_port() as listen, busy_port() as admin:
         path = tmp_path / "policy.yaml"
         path.write_text(f"# ports\nlisten: 127.0.0.1:{listen}\nadmin:\n  listen: 127.0.0.1:{admin}\nupstreams: {{}}\n")
-        done = check(str(path))
+        done = check(str(path), "--bind", "--show")
         assert done.returncode == 1
         assert json.loads(done.stdout)["listen"] == f"127.0.0.1:{listen}"  # the policy itself is fine
         assert done.stderr.splitlines() == [
             f"{path}:2: listen: cannot listen on 127.0.0.1:{listen}: Address already in use",
             f"{path}:4: admin: cannot listen on 127.0.0.1:{admin}: Address already in use",
         ]
-        assert check(str(path), "--no-bind").returncode == 0
 
 
 # -- running the sidecar ---------------------------------------------------------------------------------
@@ -260,6 +309,43 @@ async def test_run_reports_a_port_in_use_with_its_line(tmp_path):
         code, stderr = await (await start_process(str(path))).finish()
     assert code == 1
     assert f"{path}:2: listen: cannot listen on 127.0.0.1:{port}: address already in use" in stderr
+
+
+async def test_policy_shows_the_last_reload_attempt_of_a_running_sidecar(upstream, sidecar_process, tmp_path):
+    sc = await sidecar_process(upstream_policy(upstream), env=clean_env(GEMINI_API_KEY="k"))
+    path = tmp_path / "policy.yaml"
+    good = path.read_text()
+    async with aiohttp.ClientSession() as session:
+        async with session.get(sc.admin + "/policy") as resp:
+            before = await resp.json()
+        assert before["reload"]["last_attempt"] is None
+        assert before["reload"]["policy_loaded_at"].endswith("Z")
+
+        route = "      - name: generate\n"
+        path.write_text(good.replace(route, route + "        retry: {attempts: x}\n"))
+        async with session.post(sc.admin + "/reload") as resp:
+            assert resp.status == 400
+        async with session.get(sc.admin + "/policy") as resp:
+            refused = await resp.json()
+        attempt = refused["reload"]["last_attempt"]
+        assert attempt["result"] == "refused"
+        assert attempt["problems"] == [
+            f"{path}:10: upstreams.gemini.routes[0].retry.attempts: expected a whole number, got 'x'"]
+        assert attempt["at"] >= before["reload"]["policy_loaded_at"]
+        assert refused["reload"]["policy_loaded_at"] == before["reload"]["policy_loaded_at"]  # the old one runs
+        assert refused["upstreams"]["gemini"]["routes"][0]["retry"]["attempts"] == 3
+
+        path.write_text(good.replace("shutdown_grace: 5s", "shutdown_grace: 4s"))
+        sc.proc.send_signal(signal.SIGHUP)  # the other way to reload: recorded the same
+        for _ in range(250):
+            async with session.get(sc.admin + "/policy") as resp:
+                applied = await resp.json()
+            if applied["reload"]["last_attempt"]["result"] == "applied":
+                break
+            await asyncio.sleep(0.02)
+        assert applied["reload"]["last_attempt"] == {
+            "at": applied["reload"]["policy_loaded_at"], "result": "applied", "problems": [], "notes": []}
+        assert applied["shutdown_grace"] == "4s"
 
 
 # -- logs ------------------------------------------------------------------------------------------------
