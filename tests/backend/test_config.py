@@ -1,4 +1,5 @@
-"""Configuration that ships: the local policy, the backend's settings, and the deploy files."""
+"""Configuration that ships: the local policy, the backend's settings, and the image (the compose and Kubernetes
+files: test_deploy.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import difflib
 from typing import Any
 
 import pytest
-import yaml
 
 from inbox_backend.settings import Settings, SettingsError, Upstream
 from proxy.policy import load_policy
@@ -76,42 +76,6 @@ def test_settings_default_to_the_local_sidecar_and_read_the_environment() -> Non
 def test_bad_settings_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         Settings.from_env({name: value})
-
-
-def load_all(name: str) -> list[Any]:
-    return [doc for doc in yaml.safe_load_all((DEPLOY / name).read_text()) if doc is not None]
-
-
-def test_compose_runs_the_sidecar_in_the_backends_network_namespace() -> None:
-    [compose] = load_all("compose.yaml")
-    services = compose["services"]
-    assert set(services) == {"backend", "sidecar", "simulator", "redis"}
-    assert services["sidecar"]["network_mode"] == "service:backend"
-    assert services["sidecar"]["command"][:3] == ["python", "-m", "proxy"]
-    assert services["backend"]["command"] == ["python", "-m", "inbox_backend"]
-
-
-def test_the_k8s_pod_runs_backend_and_sidecar_with_probes_and_the_policy_configmap() -> None:
-    [deployment, service] = load_all("k8s/deployment.yaml")
-    assert (deployment["kind"], service["kind"]) == ("Deployment", "Service")
-    backend, sidecar = deployment["spec"]["template"]["spec"]["containers"]
-    assert backend["readinessProbe"]["httpGet"]["path"] == "/health"
-    assert sidecar["readinessProbe"]["httpGet"]["path"] == "/ready"
-    assert sidecar["livenessProbe"]["httpGet"]["path"] == "/health"
-    assert sidecar["volumeMounts"][0]["mountPath"] == "/etc/egress"
-    [configmap] = load_all("k8s/configmap.yaml")
-    assert configmap["metadata"]["name"] == deployment["spec"]["template"]["spec"]["volumes"][0]["configMap"]["name"]
-    assert configmap["data"]["policy.yaml"] == PRODUCTION_POLICY.read_text()
-
-
-def test_the_sidecar_environments_of_compose_and_k8s_make_a_valid_production_policy() -> None:
-    # What the loader refuses (a Redis cache without a key secret, say) must not first show up in a pod's log.
-    [compose] = load_all("compose.yaml")
-    load_policy(PRODUCTION_POLICY, {k: str(v) for k, v in compose["services"]["sidecar"]["environment"].items()})
-    [deployment, _] = load_all("k8s/deployment.yaml")
-    _, sidecar = deployment["spec"]["template"]["spec"]["containers"]
-    environ = {e["name"]: e.get("value", f"<{e['name']} from a Secret>") for e in sidecar["env"]}
-    assert load_policy(PRODUCTION_POLICY, environ).cache.backend == "redis"
 
 
 def test_the_image_is_python_3_11_slim_installed_with_pip_and_not_root() -> None:
