@@ -104,6 +104,29 @@ def _seconds_of(name: str, argument: str | None) -> float:
     return float(min(int(argument), MAX_AGE)) if argument.isdigit() else 0.0
 
 
+# CDN-Cache-Control is a Structured Field Dictionary (RFC 9213 §2.1, RFC 8941 §3.2); one that does not parse, or
+# gives a lifetime as anything but an Integer, is ignored as a whole (then Cache-Control applies).
+_SF_KEY = r"[a-z*][a-z0-9_\-.*]*"
+_SF_STRING = r"\"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\"\\])*\""
+_SF_ITEM = (rf"(?:-?\d{{1,15}}(?:\.\d{{1,3}})?|{_SF_STRING}|[A-Za-z*][!#$%&'*+\-.^_`|~0-9A-Za-z:/]*"
+            r"|:[A-Za-z0-9+/=]*:|\?[01])")
+_SF_MEMBER = rf"{_SF_KEY}(?:={_SF_ITEM})?(?:;\s*{_SF_KEY}(?:={_SF_ITEM})?)*"
+_SF_DICTIONARY = re.compile(rf"[ \t]*{_SF_MEMBER}(?:[ \t]*,[ \t]*{_SF_MEMBER})*[ \t]*")
+# A lifetime directive whose value is not an Integer (`max-age="10000"`, `max-age=1.5`).
+_NOT_INTEGER = re.compile(r"(?:^|,)[ \t]*(?:max-age|s-maxage|stale-while-revalidate|stale-if-error)"
+                          r"(?:[;,]|$|=(?!-?\d{1,15}[ \t]*(?:[;,]|$)))")
+
+
+def targeted_directives(values: list[str]) -> CacheControl | None:
+    """A CDN-Cache-Control's directives, or None when it is absent or not a valid Structured Field Dictionary."""
+    joined = ", ".join(values)
+    if not joined.strip() or _SF_DICTIONARY.fullmatch(joined) is None:
+        return None
+    if _NOT_INTEGER.search(joined):
+        return None  # `max-age="10000"`: a String where RFC 9213 wants an Integer
+    return parse_cache_control(values)
+
+
 _DAY = r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
 _MONTH = r"(?P<month>Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)"
 _TIME = r"(?P<hour>\d\d):(?P<minute>\d\d):(?P<second>\d\d)"
@@ -169,12 +192,12 @@ def initial_age(headers: CIMultiDictProxy[str], request_time: float, response_ti
 
 
 def _age_value(values: list[str]) -> float:
-    """§5.1: non-negative delta-seconds, the first member only (of a list, or of repeated lines). An invalid one
-    means the answer is not to be reused: the largest age there is (stale), not 0 (fresh)."""
+    """§5.1: non-negative delta-seconds, the first member only (of a list, or of repeated lines): `7200, 0` is
+    7200 old. An invalid one (`abc`, `-7200`, `7200.0`) is ignored, as the public cache test suite and nginx read it."""
     if not values:
         return 0.0
     first = values[0].split(",", 1)[0].strip()
-    return float(min(int(first), MAX_AGE)) if first.isascii() and first.isdigit() else float(MAX_AGE)
+    return float(min(int(first), MAX_AGE)) if first.isascii() and first.isdigit() else 0.0
 
 
 def current_age(initial: float, response_time: float, now: float) -> float:

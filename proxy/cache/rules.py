@@ -26,6 +26,7 @@ from proxy.cache.freshness import (
     http_date,
     parse_cache_control,
     seconds,
+    targeted_directives,
 )
 from proxy.headers import end_to_end
 from proxy.policy import Route, RouteCache
@@ -85,8 +86,8 @@ class Directives:
 
 
 def response_directives(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> Directives:
-    targeted = cache_control(headers, TARGETED_FIELD)
-    if targeted:
+    targeted = targeted_directives(headers.getall(TARGETED_FIELD, []))
+    if targeted is not None:
         return Directives(targeted, None)
     expires = headers.getall("Expires", [])
     # Repeated Expires fields are as good as an invalid one (§5.3: already expired).

@@ -342,3 +342,12 @@ async def test_an_expires_that_is_not_an_http_date_is_already_expired(upstream, 
     sc = await make_sidecar(policy(upstream))
     await call(client, sc.url + URL)
     assert (await call(client, sc.url + URL))[2] == b"2"
+
+
+@pytest.mark.parametrize("cdn", ['max-age="10000"', "max-age=10000, &&&&&", "max-age=1.5"])
+async def test_a_cdn_cache_control_that_is_not_a_valid_dictionary_is_ignored(upstream, make_sidecar, client, cdn):
+    # RFC 9213 §2.1 / RFC 8941: an invalid targeted field is ignored whole; here Cache-Control says no-store.
+    upstream.default = numbered(headers={"Cache-Control": "no-store", "CDN-Cache-Control": cdn})
+    sc = await make_sidecar(policy(upstream))
+    await call(client, sc.url + URL)
+    assert (await call(client, sc.url + URL))[2] == b"2"
