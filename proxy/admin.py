@@ -17,9 +17,11 @@ Mutating endpoints (`POST /breakers/...`, `POST /reload`, `DELETE /cache`) are g
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hmac
 import json
+import logging
 import os
 import time
 from collections.abc import Awaitable, Callable
@@ -34,6 +36,9 @@ from proxy import __version__
 from proxy.policy.model import is_loopback_host
 from proxy.policy.render import effective_policy
 from proxy.runtime import LiveRuntime, Runtime
+
+# One line per admin action (breaker overrides, purges, reloads), refused ones included: who changed what, when.
+audit = logging.getLogger("egress.audit")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -142,6 +147,18 @@ def _authorized(request: web.Request) -> bool:
 
 
 def mutating(handler: Handler) -> Handler:
+    """Guards an admin action (CSRF, Host, token) and writes its one audit line: what, from where, the result."""
+
+    async def audited(request: web.Request) -> web.StreamResponse:
+        response = await guarded(request)
+        error = ""
+        if response.status >= 400 and isinstance(response, web.Response) and response.text:
+            with contextlib.suppress(ValueError, AttributeError):
+                error = f" ({json.loads(response.text).get('error', '')})"
+        audit.warning("admin %s %s from %s: %d%s", request.method, request.path_qs, request.remote, response.status,
+                      error)
+        return response
+
     async def guarded(request: web.Request) -> web.StreamResponse:
         refused = _cross_site(request)
         if refused is not None:
@@ -156,7 +173,7 @@ def mutating(handler: Handler) -> Handler:
             )
         return await handler(request)
 
-    return guarded
+    return audited
 
 
 async def health(request: web.Request) -> web.Response:

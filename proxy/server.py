@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from proxy.admin import AdminState, ReloadResult, build_admin_app
+from proxy.admin import AdminState, ReloadResult, audit, build_admin_app
 from proxy.listener import CallerServer
 from proxy.pipeline import Pipeline
 from proxy.policy import Address, Policy, PolicyError, Problem, load_policy
@@ -189,6 +189,16 @@ def _restart_only_changes(bound: Policy, new: Policy) -> list[str]:
     return notes
 
 
+def _audit_signal_reload(task: asyncio.Task[ReloadResult]) -> None:
+    """The audit line of a SIGHUP reload, as the admin port writes one for `POST /reload`."""
+    if task.cancelled() or task.exception() is not None:
+        audit.warning("admin SIGHUP reload from the process's signal: failed")
+        return
+    result = task.result()
+    outcome = "applied" if result.applied else f"refused ({len(result.problems)} problem(s))"
+    audit.warning("admin SIGHUP reload from the process's signal: %s", outcome)
+
+
 async def serve(policy: Policy) -> None:
     """Run until SIGTERM / SIGINT, then stop gracefully; SIGHUP reloads the policy."""
     sidecar = Sidecar(policy)
@@ -203,6 +213,7 @@ async def serve(policy: Policy) -> None:
         task = asyncio.ensure_future(sidecar.reload())
         reloads.add(task)
         task.add_done_callback(reloads.discard)
+        task.add_done_callback(_audit_signal_reload)
 
     loop.add_signal_handler(signal.SIGHUP, reload)
     try:

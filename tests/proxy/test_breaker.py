@@ -358,3 +358,26 @@ async def test_resets_count_by_default_so_a_whatsapp_that_resets_every_send_open
     assert (status, headers["X-Egress-Error"]) == (503, "circuit_open")
     assert len(upstream.requests) == 3  # refused without touching the upstream
     assert sc.runtime.breakers["whatsapp"].outcomes["reset"] == 3
+
+
+async def test_every_admin_action_writes_one_audit_line_with_its_origin_and_result(upstream, make_sidecar, client,
+                                                                                   caplog):
+    caplog.set_level(logging.WARNING, logger="egress.audit")
+    upstream.default = respond(200)
+    sc = await make_sidecar(policy(upstream.url, admin="admin: {listen: 127.0.0.1:0, token: op-token}"))
+    auth = {"Authorization": "Bearer op-token"}
+    async with client.post(sc.admin + "/breakers/gemini/open") as resp:
+        assert resp.status == 401
+    async with client.post(sc.admin + "/breakers/gemini/open", headers=auth) as resp:
+        assert resp.status == 200
+    async with client.delete(sc.admin + "/cache?upstream=gemini", headers=auth) as resp:
+        assert resp.status == 200
+    async with client.get(sc.admin + "/breakers") as resp:  # a read is not an action
+        assert resp.status == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "egress.audit"]
+    assert lines == [
+        "admin POST /breakers/gemini/open from 127.0.0.1: 401 (unauthorized)",
+        "admin POST /breakers/gemini/open from 127.0.0.1: 200",
+        "admin DELETE /cache?upstream=gemini from 127.0.0.1: 200",
+    ]
+    assert "op-token" not in "".join(lines)

@@ -184,6 +184,9 @@ async def test_sighup_reloads_the_policy_file(tmp_path, upstream: FaultyUpstream
     assert "policy reloaded from" in stderr
     assert "policy reload refused, the running policy stays" in stderr
     assert "upstreams: expected a mapping" in stderr
+    # each signal's audit line, as for POST /reload
+    assert "admin SIGHUP reload from the process's signal: applied" in stderr
+    assert "admin SIGHUP reload from the process's signal: refused (1 problem(s))" in stderr
 
 
 
