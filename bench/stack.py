@@ -88,15 +88,17 @@ def write_files(root: Path, huge: bool = True) -> None:
             out.write(block)
 
 
-def nginx_conf(tmp: Path, root: Path, port: int) -> str:
-    temp = tmp / "nginx-temp"
-    return f"""
-daemon off;
-master_process off;
-worker_processes 1;
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
+
+
+def nginx_preamble(tmp: Path, temp: Path, connections: int) -> str:
+    """The start of a throwaway nginx.conf, up to inside its `http` block: one worker, the pid and error log in
+    `tmp`, every temp path under `temp` (nothing outside the run's own directory)."""
+    return f"""worker_processes 1;
 pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
+events {{ worker_connections {connections}; }}
 http {{
     access_log off;
     client_body_temp_path {temp}/body;
@@ -104,7 +106,14 @@ http {{
     fastcgi_temp_path {temp}/fastcgi;
     uwsgi_temp_path {temp}/uwsgi;
     scgi_temp_path {temp}/scgi;
-    types {{ application/json json; application/octet-stream bin; }}
+"""
+
+
+def nginx_conf(tmp: Path, root: Path, port: int) -> str:
+    return f"""
+daemon off;
+master_process off;
+{nginx_preamble(tmp, tmp / "nginx-temp", 4096)}    types {{ application/json json; application/octet-stream bin; }}
     default_type application/octet-stream;
     sendfile on;
     tcp_nopush on;
@@ -120,7 +129,7 @@ http {{
 
 
 def start_nginx(procs: Processes, tmp: Path, root: Path, core: int | None) -> str | None:
-    nginx = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
+    nginx = nginx_binary()
     if nginx is None:
         return None
     port = free_port()

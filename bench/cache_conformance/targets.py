@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import subprocess
 from pathlib import Path
 
 from bench.cache_conformance import suite
 from bench.processes import LOOPBACK, Processes, free_port, free_ports, wait_http
-from bench.stack import Sidecar, launch_sidecar
+from bench.stack import Sidecar, launch_sidecar, nginx_preamble
 
 UPSTREAM = "cachetests"  # the sidecar's upstream: `/cachetests/<path>` goes to the origin's `/<path>`
 ROUTE = "all"
@@ -57,10 +56,6 @@ def start_sidecar(procs: Processes, tmp: Path, name: str, origin: str, cache: st
     return f"{sidecar.url}/{UPSTREAM}"
 
 
-def nginx_binary() -> str | None:
-    return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if os.path.exists(p)), None)
-
-
 def nginx_version(binary: str) -> str:
     done = subprocess.run([binary, "-v"], capture_output=True, text=True, check=False)
     return (done.stderr or done.stdout).strip().removeprefix("nginx version: ")
@@ -73,19 +68,9 @@ def nginx_conf(tmp: Path, port: int, origin: str) -> str:
     # Started as root, nginx's workers would switch to `nobody`, who cannot enter a private temp dir: they run
     # as the user who started it, like they do when a user does.
     user = f"user {pwd.getpwuid(os.geteuid()).pw_name};" if os.geteuid() == 0 else ""
+    store = f"{cache}/store levels=1:2 keys_zone=my-cache:8m max_size=1000m inactive=600m"
     return f"""{user}
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 2048; }}
-http {{
-    access_log off;
-    client_body_temp_path {cache}/body;
-    fastcgi_temp_path {cache}/fastcgi;
-    uwsgi_temp_path {cache}/uwsgi;
-    scgi_temp_path {cache}/scgi;
-    proxy_cache_path {cache}/store levels=1:2 keys_zone=my-cache:8m max_size=1000m inactive=600m;
-    proxy_temp_path {cache}/tmp;
+{nginx_preamble(tmp, cache, 2048)}    proxy_cache_path {store};
     server {{
         listen {LOOPBACK}:{port};
         location / {{
