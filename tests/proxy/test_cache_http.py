@@ -331,8 +331,7 @@ async def test_cdn_cache_control_overrides_cache_control_and_expires(upstream, m
     far = "Fri, 01 Jan 2100 00:00:00 GMT"
     upstream.default = numbered(headers={"Cache-Control": "max-age=600", "Expires": far, "CDN-Cache-Control": cdn})
     sc = await make_sidecar(policy(upstream))
-    await call(client, sc.url + URL)
-    again = await call(client, sc.url + URL)
+    _, again = await twice(client, sc.url + URL)
     assert again[2] == b"2"  # from the origin, not the first answer stored
     assert len(upstream.requests) == 2
 
@@ -340,8 +339,8 @@ async def test_cdn_cache_control_overrides_cache_control_and_expires(upstream, m
 async def test_an_expires_that_is_not_an_http_date_is_already_expired(upstream, make_sidecar, client):
     upstream.default = numbered(headers={"Expires": "Fri, 01 Jan 2100 00:00:00 UTC"})  # UTC: not an HTTP-date
     sc = await make_sidecar(policy(upstream))
-    await call(client, sc.url + URL)
-    assert (await call(client, sc.url + URL))[2] == b"2"
+    _, again = await twice(client, sc.url + URL)
+    assert again[2] == b"2"
 
 
 @pytest.mark.parametrize("cdn", ['max-age="10000"', "max-age=10000, &&&&&", "max-age=1.5"])
@@ -349,5 +348,5 @@ async def test_a_cdn_cache_control_that_is_not_a_valid_dictionary_is_ignored(ups
     # RFC 9213 §2.1 / RFC 8941: an invalid targeted field is ignored whole; here Cache-Control says no-store.
     upstream.default = numbered(headers={"Cache-Control": "no-store", "CDN-Cache-Control": cdn})
     sc = await make_sidecar(policy(upstream))
-    await call(client, sc.url + URL)
-    assert (await call(client, sc.url + URL))[2] == b"2"
+    _, again = await twice(client, sc.url + URL)
+    assert again[2] == b"2"

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 
-from tests.support.upstream import count_body, delay, respond, stalled_body, stream
+from tests.support.upstream import count_body, delay, free_port, reset_after_body, respond, stalled_body, stream
 
 Result = tuple[int, str | None, bytes]
 
@@ -207,8 +207,6 @@ async def test_callers_own_short_deadlines_do_not_open_the_breaker_for_everyone(
 
 async def test_x_egress_delivery_says_whether_the_request_may_have_been_processed(upstream, make_sidecar, client):
     """`unknown` only when the request reached the upstream and no answer came back; `none` when it never did."""
-    from tests.support.upstream import free_port, reset_after_body
-
     upstream.default = reset_after_body()
     sc = await make_sidecar(f"""
     upstreams:
