@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 POLICY ?= config/policy.yaml
 
-.PHONY: install run sidecar test lint typecheck unit bench soak chaos policy-table clean
+.PHONY: install tools run sidecar test lint typecheck unit bench soak chaos policy-table clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,6 +14,19 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Debian packages that tests drive: chromium (the status page in a real browser) and promtool (the alert rules).
+# Installed where missing and apt-get may run (root); elsewhere those tests skip and say so (.ci/run makes a
+# missing browser a failure).
+TOOLS := chromium:chromium promtool:prometheus
+tools:
+	@missing=""; for tool in $(TOOLS); do command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing$$missing"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) \
+			|| echo "could not install$$missing: the tests that need them skip"; \
+	else echo "not installed:$$missing (apt-get install$$missing): the tests that need them skip"; fi
 
 # The whole local stack: simulated upstreams, the sidecar on config/policy.local.yaml, the inbox backend.
 run: install
@@ -32,7 +45,7 @@ typecheck: install
 unit: install
 	$(VENV)/bin/pytest -q
 
-test: lint typecheck unit
+test: tools lint typecheck unit
 
 # README.md's policy reference table, from proxy/policy/schema.py (tests/policy/test_schema.py fails when stale).
 policy-table: install

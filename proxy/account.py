@@ -5,6 +5,7 @@ counts and logs waits in the `Ledger` and is settled in batches.
                           `egress_request_duration_seconds`
     refuse(upstream, why) every request refused without contacting the upstream: `egress_rejected_total`
                           (the request path calls `metrics.refused`, which hands it here)
+    and, from the same entries, the last minute of each upstream's traffic for the status page (`proxy.traffic`)
 
 Everything waiting is settled at once: when `BATCH` entries are waiting, `INTERVAL` after the first one, before
 anything reads the metrics (a scrape, `registry.get_sample_value`: the registry settles its ledger first), and
@@ -25,6 +26,7 @@ import time
 
 from proxy.logs import AccessEntry, log_accesses
 from proxy.metrics import Metrics, method_label
+from proxy.traffic import Traffic
 
 log = logging.getLogger("egress.account")
 
@@ -33,8 +35,11 @@ INTERVAL = 0.1  # seconds an entry waits at most, with the event loop running (n
 
 
 class Ledger:
-    def __init__(self, metrics: Metrics, batch: int = BATCH, interval: float = INTERVAL) -> None:
+    def __init__(
+        self, metrics: Metrics, traffic: Traffic | None = None, batch: int = BATCH, interval: float = INTERVAL
+    ) -> None:
         self._metrics = metrics
+        self._traffic = traffic
         self._batch = batch
         self._interval = interval
         self._entries: list[tuple[float, AccessEntry]] = []
@@ -70,6 +75,11 @@ class Ledger:
             self._count(entries, refusals)
         except Exception:
             log.exception("could not count %d requests", len(entries) + refusals.total())
+        if self._traffic is not None and entries:
+            try:
+                self._traffic.record(entries)
+            except Exception:
+                log.exception("could not summarise %d requests for the status page", len(entries))
         if not entries:
             return
         try:

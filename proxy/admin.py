@@ -1,4 +1,5 @@
-"""The admin port: health, readiness, metrics, breakers, upstreams, the effective policy and cache purges.
+"""The admin port: the status page, health, readiness, metrics, breakers, upstreams, the effective policy and
+cache purges.
 
 It reads the runtime; it never reaches into stage internals.
 
@@ -33,6 +34,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy import __version__
+from proxy import status as status_page
 from proxy.policy.model import is_loopback_host
 from proxy.policy.render import effective_policy
 from proxy.runtime import LiveRuntime, Runtime
@@ -199,14 +201,30 @@ async def metrics(request: web.Request) -> web.Response:
 RELOAD_KEY = "reload"
 
 
+def _reload_state(state: AdminState) -> dict[str, Any]:
+    last = state.last_reload
+    return {"policy_loaded_at": _iso(state.policy_loaded_at), "last_attempt": last.show() if last is not None else None}
+
+
 async def policy(request: web.Request) -> web.Response:
     """The running (effective) policy, plus under `reload` when it was loaded and how the last attempt went."""
     state = _state(request)
     shown = effective_policy(state.runtime.policy)
-    last = state.last_reload
-    shown[RELOAD_KEY] = {"policy_loaded_at": _iso(state.policy_loaded_at),
-                         "last_attempt": last.show() if last is not None else None}
+    shown[RELOAD_KEY] = _reload_state(state)
     return _json(shown)
+
+
+async def status(request: web.Request) -> web.Response:
+    state = _state(request)
+    return _json(status_page.report(state.runtime, _reload_state(state)))
+
+
+async def page(request: web.Request) -> web.Response:
+    """The status page; `?part=main` is the part it refreshes itself with."""
+    state = _state(request)
+    shown = status_page.report(state.runtime, _reload_state(state))
+    html = status_page.render_main(shown) if request.query.get("part") == "main" else status_page.render_page(shown)
+    return web.Response(text=html, content_type="text/html", headers=status_page.HEADERS)
 
 
 async def breakers(request: web.Request) -> web.Response:
@@ -259,6 +277,8 @@ async def upstreams(request: web.Request) -> web.Response:
 def build_admin_app(state: AdminState) -> web.Application:
     app = web.Application()
     app[STATE] = state
+    app.router.add_get("/", page)
+    app.router.add_get("/status", status)
     app.router.add_get("/health", health)
     app.router.add_get("/ready", ready)
     app.router.add_get("/metrics", metrics)

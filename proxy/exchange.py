@@ -149,6 +149,7 @@ class Exchange:
     # respond, for the access log
     status: int = 0
     error: str | None = None
+    detail: str | None = None  # the sidecar's own error answer's detail
     sent: int = 0  # body bytes written to the caller
     broken: str | None = None  # who cut the response short, if anyone (see respond.Delivery)
 

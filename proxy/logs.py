@@ -152,6 +152,7 @@ class AccessEntry(NamedTuple):
     egress_error: str | None = None
     cache: str | None = None
     hedges: int = 0
+    egress_detail: str | None = None  # the sidecar's own answer's `detail`: JSON lines and the status page only
 
     def message(self) -> str:
         # One f-string (a line per request): `:.2f`, as `round()` with digits costs as much as the rest.

@@ -71,7 +71,8 @@ def chain(stages: Sequence[Stage]) -> Next:
 class Pipeline:
     def __init__(self, live: LiveRuntime, stages: Sequence[Stage] = CHAIN) -> None:
         self.live = live
-        self.ledger = Ledger(live.runtime.metrics)  # the metrics live as long as the process: reloads keep them
+        # The metrics and the traffic summaries live as long as the process: reloads keep them.
+        self.ledger = Ledger(live.runtime.metrics, live.runtime.traffic)
         self._first = chain(stages)
         self.active = 0  # requests in flight, for a graceful stop
         self._drained: asyncio.Event | None = None
@@ -144,6 +145,7 @@ class Pipeline:
     def _refuse(ex: Exchange, error: EgressError) -> web.Response:
         ex.status = error.status
         ex.error = error.reason
+        ex.detail = error.detail
         if isinstance(error, Unavailable) and ex.target is not None:
             ex.runtime.metrics.refused(ex.target.upstream.name, error.reason)
         response = error_response(error, ex.reply_headers())
@@ -163,6 +165,6 @@ class Pipeline:
         self.ledger.record(
             AccessEntry(
                 ex.request_id, upstream, route, ex.method, path, status, (time.monotonic() - ex.started) * 1000,
-                ex.sent, ex.attempts, ex.error, ex.cache, ex.hedges,
+                ex.sent, ex.attempts, ex.error, ex.cache, ex.hedges, ex.detail,
             )
         )

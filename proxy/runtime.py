@@ -21,6 +21,7 @@ from proxy.stages.breaker import Breaker, Breakers, BreakerTelemetry
 from proxy.stages.bulkhead import Bulkhead
 from proxy.stages.retry import RetryBudgetWindow
 from proxy.throttle import ThrottleClock
+from proxy.traffic import Traffic
 from proxy.window import SlidingCounts
 
 
@@ -42,6 +43,7 @@ class Lifetime:
 
 LIFETIMES: tuple[Lifetime, ...] = (
     Lifetime("metrics registry", "the process", "Runtime (kept from `previous`)", "process"),
+    Lifetime("last minute of traffic (status page)", "the process", "Runtime (kept from `previous`)", "process"),
     Lifetime("router, routes", "one policy version", "Runtime", "version"),
     Lifetime("breakers", "carried by name (state and counts); new thresholds apply", "stages.breaker.Breakers.carry",
              "breaker"),
@@ -107,6 +109,7 @@ class Runtime:
         self.policy = policy
         # Counters must keep counting across a reload: one registry for the life of the process.
         self.metrics: Metrics = previous.metrics if previous is not None else Metrics()
+        self.traffic: Traffic = previous.traffic if previous is not None else Traffic()
         self.router = Router(policy.upstreams)
         self.started: float = previous.started if previous is not None else time.time()
         self.telemetry: BreakerTelemetry = (

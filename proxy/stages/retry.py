@@ -62,6 +62,10 @@ class RetryBudgetWindow:
         by_ratio = self.budget.ratio * self._counts.total("requests")
         return max(by_ratio, self.budget.min_per_second * self.window)
 
+    def left(self) -> float:
+        """Retries the budget would allow now (the status page)."""
+        return max(self.allowance() - self._counts.total("retries"), 0.0)
+
     def try_spend(self) -> bool:
         """Take one retry from the budget if there is one left."""
         if self._counts.total("retries") + 1 > self.allowance():

@@ -163,6 +163,7 @@ VARIANTS = {
 # Each row's piece, as the runtime holds it (per upstream, per breaker, or once).
 PIECES = {
     "metrics registry": lambda rt, name: rt.metrics,
+    "last minute of traffic (status page)": lambda rt, name: rt.traffic,
     "router, routes": lambda rt, name: rt.router,
     "breakers": lambda rt, name: rt.breakers.get(name),
     "bulkhead": lambda rt, name: rt.upstreams[name].bulkhead if name in rt.upstreams else None,
