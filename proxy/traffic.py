@@ -80,6 +80,7 @@ class UpstreamTraffic:
     def __init__(self) -> None:
         self._seconds: list[_Second | None] = [None] * WINDOW
         self.last_errors: collections.deque[RecentError] = collections.deque(maxlen=LAST_ERRORS)
+        self._sampler = random.Random()  # its own: the reservoir leaves the process's generator alone
 
     def add(self, at: float, entry: AccessEntry) -> None:
         stamp = int(at)
@@ -94,7 +95,7 @@ class UpstreamTraffic:
         if len(second.samples) < SAMPLES:
             second.samples.append(entry.duration_ms)
         else:
-            kept = random.randrange(second.seen)
+            kept = self._sampler.randrange(second.seen)
             if kept < SAMPLES:
                 second.samples[kept] = entry.duration_ms
         if entry.cache is not None and entry.cache not in NOT_A_LOOKUP:
