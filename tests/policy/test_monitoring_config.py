@@ -1,5 +1,5 @@
 """The shipped Prometheus and Grafana configuration only names metrics that the sidecar or the backend export,
-and parses (with promtool too, when it is installed)."""
+and parses (with promtool too, when it is installed); every alert links its section of docs/operations.md."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import json
 import re
 import shutil
 import subprocess
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -16,7 +18,9 @@ from prometheus_client import CollectorRegistry
 from inbox_backend.metrics import Metrics as BackendMetrics
 from proxy.metrics import Metrics as SidecarMetrics
 
-CONFIG = Path(__file__).resolve().parents[2] / "config"
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = ROOT / "config"
+RUNBOOK = "docs/operations.md"
 
 
 def exported_names() -> set[str]:
@@ -39,9 +43,13 @@ def referenced_names(expr: str) -> set[str]:
     return {c for c in candidates if c.startswith(("egress_", "http_", "inbox_")) or c == "up"}
 
 
-def alert_expressions() -> list[str]:
+def alert_rules() -> list[dict[str, Any]]:
     rules = yaml.safe_load((CONFIG / "prometheus" / "alerts.yml").read_text())
-    return [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    return [rule for group in rules["groups"] for rule in group["rules"]]
+
+
+def alert_expressions() -> list[str]:
+    return [rule["expr"] for rule in alert_rules()]
 
 
 def dashboard_expressions() -> list[str]:
@@ -96,3 +104,58 @@ def test_promtool_accepts_the_config_and_rules() -> None:
                  ["test", "rules", str(CONFIG / "prometheus" / "alerts_test.yml")]):  # alerts fire when they should
         done = subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stdout + done.stderr
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading: lowercased, punctuation (backticks included) dropped, each space
+    a hyphen."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def heading_anchors(markdown: str) -> set[str]:
+    """Every heading's anchor, outside fenced code (a `# comment` in a shell block is no heading); a repeated
+    heading gets `-1`, `-2`, ... as on GitHub."""
+    anchors: set[str] = set()
+    seen: Counter[str] = Counter()
+    fenced = False
+    for line in markdown.splitlines():
+        if line.lstrip().startswith("```"):
+            fenced = not fenced
+            continue
+        heading = re.match(r"#{1,6} +(.+?)(?: +#+)? *$", line)
+        if heading and not fenced:
+            anchor = github_anchor(heading.group(1))
+            anchors.add(f"{anchor}-{seen[anchor]}" if seen[anchor] else anchor)
+            seen[anchor] += 1
+    return anchors
+
+
+@pytest.mark.parametrize(("heading", "anchor"), [
+    ("EgressUpstreamErrorRate", "egressupstreamerrorrate"),
+    ("Kubernetes: apply order", "kubernetes-apply-order"),
+    ("Changing the policy under an alert", "changing-the-policy-under-an-alert"),
+    ("`GET /status`, the JSON", "get-status-the-json"),
+])
+def test_anchors_are_githubs(heading: str, anchor: str) -> None:
+    assert github_anchor(heading) == anchor
+
+
+def test_every_alert_links_its_own_section_of_the_operations_doc() -> None:
+    # The alert and what to do about it cannot drift apart: a renamed alert or heading fails here.
+    anchors = heading_anchors((ROOT / RUNBOOK).read_text())
+    for rule in alert_rules():
+        url = rule["annotations"].get("runbook_url")
+        assert url, f"{rule['alert']} has no runbook_url annotation"
+        path, _, anchor = url.partition("#")
+        assert path == RUNBOOK, (rule["alert"], url)
+        assert anchor == rule["alert"].lower(), f"{rule['alert']} links another alert's section: {url}"
+        assert anchor in anchors, f"{rule['alert']}: {RUNBOOK} has no heading with the anchor #{anchor}"
+
+
+def test_links_into_the_operations_doc_find_their_headings() -> None:
+    anchors = heading_anchors((ROOT / RUNBOOK).read_text())
+    own = re.findall(r"\]\(#([^)]+)\)", (ROOT / RUNBOOK).read_text())
+    from_readme = re.findall(r"\]\(docs/operations\.md#([^)]+)\)", (ROOT / "README.md").read_text())
+    assert own
+    missing = (set(own) | set(from_readme)) - anchors
+    assert not missing, sorted(missing)
