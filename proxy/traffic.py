@@ -6,6 +6,10 @@ access-log entry it already makes; read by `GET /status`, which settles the ledg
 upstream: `WINDOW` one-second buckets, each keeping at most `SAMPLES` latencies (a uniform reservoir, so a busy
 second is sampled, not truncated: Vitter's algorithm R), and the last `LAST_ERRORS` errors.
 
+What it costs, measured with `python -m bench.ab OLD_TREE NEW_TREE` (6 rounds each, one run) against the build
+before it: CPU per request 36.8 -> 36.6 µs on an open breaker's refusal, 163.0 -> 159.8 µs forwarding: within
+the noise, as a batch of entries is summarised warm, next to their counting.
+
 Lifetime: the process (kept across reloads, by upstream name), like the metrics registry.
 """
 
