@@ -27,7 +27,6 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -58,12 +57,8 @@ class ReloadAttempt:
     result: ReloadResult
 
     def show(self) -> dict[str, Any]:
-        return {"at": _iso(self.at), "result": "applied" if self.result.applied else "refused",
+        return {"at": status_page.iso(self.at), "result": "applied" if self.result.applied else "refused",
                 "problems": self.result.problems, "notes": self.result.notes}
-
-
-def _iso(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class AdminState:
@@ -203,7 +198,8 @@ RELOAD_KEY = "reload"
 
 def _reload_state(state: AdminState) -> dict[str, Any]:
     last = state.last_reload
-    return {"policy_loaded_at": _iso(state.policy_loaded_at), "last_attempt": last.show() if last is not None else None}
+    return {"policy_loaded_at": status_page.iso(state.policy_loaded_at),
+            "last_attempt": last.show() if last is not None else None}
 
 
 async def policy(request: web.Request) -> web.Response:

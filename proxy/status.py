@@ -53,7 +53,7 @@ def report(runtime: Runtime, reload: Mapping[str, Any]) -> dict[str, Any]:
     runtime.metrics.settle()  # what the ledger holds back reaches the traffic summaries first
     return {
         "version": __version__,
-        "generated_at": _iso(now),
+        "generated_at": iso(now),
         "uptime_seconds": round(now - runtime.started, 1),
         "policy": {"source": runtime.policy.source, **reload},
         "token_required": bool(runtime.policy.admin.token),
@@ -62,7 +62,8 @@ def report(runtime: Runtime, reload: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _iso(at: float) -> str:
+def iso(at: float) -> str:
+    """Epoch seconds as the admin port writes times: `2026-12-03T17:30:20Z`."""
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
