@@ -23,10 +23,10 @@ tools:
 	@missing=""; for tool in $(TOOLS); do command -v $${tool%%:*} >/dev/null || missing="$$missing $${tool#*:}"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		echo "installing$$missing"; \
+		echo "installing the Debian packages$$missing"; \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing) \
 			|| echo "could not install$$missing: the tests that need them skip"; \
-	else echo "not installed:$$missing (apt-get install$$missing): the tests that need them skip"; fi
+	else echo "missing Debian packages$$missing (apt-get install$$missing): the tests that need them skip"; fi
 
 # The whole local stack: simulated upstreams, the sidecar on config/policy.local.yaml, the inbox backend.
 run: install
@@ -45,7 +45,9 @@ typecheck: install
 unit: install
 	$(VENV)/bin/pytest -q
 
-test: tools lint typecheck unit
+# tools first, then the rest (also under make -j: the browser tests need chromium installed before they start).
+test: tools
+	$(MAKE) lint typecheck unit
 
 # README.md's policy reference table, from proxy/policy/schema.py (tests/policy/test_schema.py fails when stale).
 policy-table: install

@@ -5,9 +5,12 @@ It reads the runtime; it never reaches into stage internals.
 
 Mutating endpoints (`POST /breakers/...`, `POST /reload`, `DELETE /cache`) are guarded in this order:
 
-1. Cross-site requests are refused (403 `cross_origin`): a request whose `Origin` is not this admin's own
-   (`http://<Host>`), or whose `Sec-Fetch-Site` is not `same-origin` / `none`. Browsers send these on every
-   cross-site POST; curl, Prometheus and scripts send neither, so they pass.
+1. Cross-site requests are refused (403 `cross_origin`): a request whose `Sec-Fetch-Site` is not `same-origin` /
+   `none`, or, without a token, whose `Origin` names another host than its `Host` (any scheme: a TLS-terminating
+   proxy in front of the port changes it). Browsers send these on every cross-site POST; curl, Prometheus and
+   scripts send neither, so they pass. With a token the `Origin` is not compared: the token travels in
+   `Authorization`, which a foreign page cannot attach without a CORS preflight that this port never grants, and
+   a proxy that rewrites `Host` would otherwise refuse the status page's own buttons.
 2. A body type a browser may send cross-site without a preflight (`text/plain`, `application/x-www-form-urlencoded`,
    `multipart/form-data`) is refused (415 `unsupported_media_type`): send no body (`curl -X POST`), or
    `Content-Type: application/json`. So an HTML form or a no-cors `fetch` can never reach a handler, Origin or not.
@@ -34,6 +37,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from proxy import __version__
 from proxy import status as status_page
+from proxy.logs import iso
 from proxy.policy.model import is_loopback_host
 from proxy.policy.render import effective_policy
 from proxy.runtime import LiveRuntime, Runtime
@@ -57,7 +61,7 @@ class ReloadAttempt:
     result: ReloadResult
 
     def show(self) -> dict[str, Any]:
-        return {"at": status_page.iso(self.at), "result": "applied" if self.result.applied else "refused",
+        return {"at": iso(self.at), "result": "applied" if self.result.applied else "refused",
                 "problems": self.result.problems, "notes": self.result.notes}
 
 
@@ -105,13 +109,13 @@ def _forbidden(error: str, detail: str, status: int = 403) -> web.Response:
     return web.json_response({"error": error, "detail": detail}, status=status)
 
 
-def _cross_site(request: web.Request) -> web.Response | None:
+def _cross_site(request: web.Request, token_set: bool) -> web.Response | None:
     """Why a mutating request may come from another site's page (CSRF), or None when it cannot."""
     fetch_site = request.headers.get("Sec-Fetch-Site")
     if fetch_site is not None and fetch_site.strip().lower() not in SAME_SITE_FETCHES:
         return _forbidden("cross_origin", f"Sec-Fetch-Site: {fetch_site} is refused on a mutating endpoint")
     origin = request.headers.get("Origin")
-    if origin is not None and origin.strip().lower() != f"{request.scheme}://{request.host}".lower():
+    if origin is not None and not token_set and origin.strip().lower().partition("://")[2] != request.host.lower():
         return _forbidden("cross_origin", "a request from another origin is refused on a mutating endpoint")
     content_type = request.headers.get("Content-Type")
     if content_type is not None and content_type.partition(";")[0].strip().lower() in SIMPLE_CONTENT_TYPES:
@@ -157,10 +161,11 @@ def mutating(handler: Handler) -> Handler:
         return response
 
     async def guarded(request: web.Request) -> web.StreamResponse:
-        refused = _cross_site(request)
+        token_set = bool(_state(request).runtime.policy.admin.token)
+        refused = _cross_site(request, token_set)
         if refused is not None:
             return refused
-        if not _state(request).runtime.policy.admin.token and not _host_is_loopback(request):
+        if not token_set and not _host_is_loopback(request):
             return _forbidden("bad_host", "without admin.token, send Host: 127.0.0.1 or localhost")
         if not _authorized(request):
             return web.json_response(
@@ -198,7 +203,7 @@ RELOAD_KEY = "reload"
 
 def _reload_state(state: AdminState) -> dict[str, Any]:
     last = state.last_reload
-    return {"policy_loaded_at": status_page.iso(state.policy_loaded_at),
+    return {"policy_loaded_at": iso(state.policy_loaded_at),
             "last_attempt": last.show() if last is not None else None}
 
 

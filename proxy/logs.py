@@ -10,11 +10,17 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Collection, Sequence
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from proxy.memo import Memo
 from proxy.policy.model import SECRET_QUERY_NAMES
 from proxy.policy.render import redact_query
+
+
+def iso(at: float, timespec: str = "seconds") -> str:
+    """Epoch seconds as the admin port and JSON answers write times: `2026-12-03T17:30:20Z`."""
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec=timespec).replace("+00:00", "Z")
 
 access_log = logging.getLogger("egress.access")
 Fields = Callable[[], dict[str, Any]]

@@ -17,11 +17,11 @@ import base64
 import hashlib
 import time
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from html import escape
 from typing import Any
 
 from proxy import __version__
+from proxy.logs import iso
 from proxy.runtime import Runtime, UpstreamState
 
 REFRESH_SECONDS = 2
@@ -35,9 +35,9 @@ PHASE_TEXT = {"closed": "closed", "half-open": "half-open (trial)", "due": "open
 
 def upstream_report(state: UpstreamState, traffic: dict[str, Any]) -> dict[str, Any]:
     """One upstream: what `/upstreams` shows, each breaker in full, the budget, the observe marks, the traffic."""
-    shown = state.snapshot()
+    shown = state.snapshot()  # what /upstreams shows, keys and all
     breakers = state.breakers.by_name.values()
-    shown["breakers"] = [b.snapshot() for b in breakers]
+    shown["breaker_details"] = [b.snapshot() for b in breakers]  # what /breakers shows
     shown["observe"] = {"breakers": [b.name for b in breakers if b.policy.mode == "observe"],
                         "limits": state.upstream.limits.mode == "observe"}
     budget = state.budget
@@ -57,18 +57,14 @@ def report(runtime: Runtime, reload: Mapping[str, Any]) -> dict[str, Any]:
         "uptime_seconds": round(now - runtime.started, 1),
         "policy": {"source": runtime.policy.source, **reload},
         "token_required": bool(runtime.policy.admin.token),
-        "upstreams": {name: upstream_report(state, runtime.traffic.of(name).summary(now))
+        "upstreams": {name: upstream_report(state, runtime.traffic.summary(name))
                       for name, state in runtime.upstreams.items()},
     }
 
 
-def iso(at: float) -> str:
-    """Epoch seconds as the admin port writes times: `2026-12-03T17:30:20Z`."""
-    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def _clock(at: float) -> str:
-    return datetime.fromtimestamp(at, UTC).strftime("%H:%M:%S")
+def _clock(at: str) -> str:
+    """`17:30:20` of an ISO time."""
+    return at.partition("T")[2][:8] or at
 
 
 # -- HTML ---------------------------------------------------------------------------------------------------------
@@ -102,7 +98,7 @@ def _ms(value: float | None) -> str:
 
 def _breakers(upstream: Mapping[str, Any], buttons: bool) -> str:
     rows = []
-    for b in upstream["breakers"]:
+    for b in upstream["breaker_details"]:
         phase = b["phase"]
         retry = b["retry_in_seconds"]
         cells = [e(b["name"]), _badge(PHASE_TEXT.get(phase, phase), PHASE_TONE.get(phase, "warn")),
@@ -121,7 +117,7 @@ def _breakers(upstream: Mapping[str, Any], buttons: bool) -> str:
 
 def worst_phase(u: Mapping[str, Any]) -> str:
     """The upstream's headline state: its least healthy breaker's phase."""
-    phases = [b["phase"] for b in u["breakers"]]
+    phases = [b["phase"] for b in u["breaker_details"]]
     return next((p for p in ("forced_open", "open", "due", "half-open") if p in phases), "closed")
 
 
@@ -231,21 +227,30 @@ section.upstream{min-width:0}.quiet{color:#57606a}code{font-size:12px}#note{min-
 
 SCRIPT = """
 const main = document.getElementById("main"), note = document.getElementById("note");
+let shown = "";  // the last part fetched (the browser's own serialisation of main differs from it)
+function problem(text) { note.textContent = text; note.dataset.problem = "1"; }
 async function refresh() {
   try {
-    const r = await fetch("/?part=main", {cache: "no-store"});
-    if (r.ok) { const html = await r.text(); if (html !== main.innerHTML) main.innerHTML = html; }
-  } catch (err) { note.textContent = "the sidecar did not answer: " + err; }
+    const r = await fetch("?part=main", {cache: "no-store"});  // relative: works behind a path prefix too
+    if (!r.ok) { problem("the status answered " + r.status); return; }
+    const html = await r.text();
+    if (note.dataset.problem) { note.textContent = ""; delete note.dataset.problem; }
+    if (html !== shown) { main.innerHTML = html; shown = html; }
+  } catch (err) { problem("the sidecar did not answer: " + err); }
 }
-setInterval(refresh, REFRESH_MS);
+async function loop() { await refresh(); setTimeout(loop, REFRESH_MS); }  // one refresh at a time, in order
+setTimeout(loop, REFRESH_MS);
 document.addEventListener("click", async (event) => {
   const b = event.target.closest("button[data-breaker]");
   if (!b) return;
   const token = document.getElementById("token").value;
+  const what = b.dataset.action + " " + b.dataset.breaker;
   if (!token) { note.textContent = "enter the admin token first"; return; }
-  const path = "/breakers/" + encodeURIComponent(b.dataset.breaker) + "/" + b.dataset.action;
-  const r = await fetch(path, {method: "POST", headers: {"Authorization": "Bearer " + token}});
-  note.textContent = b.dataset.action + " " + b.dataset.breaker + ": " + r.status + (r.ok ? "" : " " + await r.text());
+  try {
+    const path = "breakers/" + encodeURIComponent(b.dataset.breaker) + "/" + b.dataset.action;
+    const r = await fetch(path, {method: "POST", headers: {"Authorization": "Bearer " + token}});
+    note.textContent = what + ": " + r.status + (r.ok ? "" : " " + await r.text());
+  } catch (err) { note.textContent = what + " failed: " + err; }
   refresh();
 });
 """.replace("REFRESH_MS", str(REFRESH_SECONDS * 1000))

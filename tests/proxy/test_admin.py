@@ -238,6 +238,31 @@ async def test_same_origin_and_non_browser_requests_still_work(upstream, make_si
     assert sc.runtime.breakers["gemini"].state == "open"
 
 
+async def test_the_origin_is_compared_by_host_not_scheme(upstream, make_sidecar):
+    """A TLS-terminating proxy in front: the page's Origin says https, the admin itself speaks http."""
+    sc = await make_sidecar(policy(upstream), {"GEMINI_API_KEY": "k"})
+    port = sc.sidecar.admin_port
+    head = (f"POST /breakers/gemini/open HTTP/1.1\nHost: 127.0.0.1:{port}\nOrigin: https://127.0.0.1:{port}\n"
+            "Sec-Fetch-Site: same-origin\n")
+    assert (await raw_admin(port, head)).startswith(b"HTTP/1.1 200")
+    foreign = f"POST /breakers/gemini/close HTTP/1.1\nHost: 127.0.0.1:{port}\nOrigin: https://127.0.0.1:1\n"
+    assert (await raw_admin(port, foreign)).startswith(b"HTTP/1.1 403")
+
+
+async def test_with_a_token_a_proxy_rewriting_host_does_not_break_the_pages_buttons(upstream, make_sidecar):
+    # nginx's default `proxy_set_header Host $proxy_host`: the page is https://admin.example.com, the Host is ours.
+    sc = await make_sidecar(policy(upstream, "admin: {listen: 127.0.0.1:0, token: admintoken}"),
+                            {"GEMINI_API_KEY": "k"})
+    port = sc.sidecar.admin_port
+    base = f"POST /breakers/gemini/open HTTP/1.1\nHost: 127.0.0.1:{port}\nOrigin: https://admin.example.com\n"
+    answer = await raw_admin(port, base + "Sec-Fetch-Site: same-origin\nAuthorization: Bearer admintoken\n")
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    # The token is what a foreign page cannot send; and a cross-site fetch still says so itself.
+    assert (await raw_admin(port, base + "Sec-Fetch-Site: same-origin\n")).startswith(b"HTTP/1.1 401")
+    answer = await raw_admin(port, base + "Sec-Fetch-Site: cross-site\nAuthorization: Bearer admintoken\n")
+    assert answer.startswith(b"HTTP/1.1 403")
+
+
 async def test_without_a_token_a_rebound_host_name_is_refused(upstream, make_sidecar):
     """DNS rebinding: a page on evil.example re-resolves its name to 127.0.0.1; its requests are same-origin."""
     sc = await make_sidecar(policy(upstream), {"GEMINI_API_KEY": "k"})

@@ -52,8 +52,14 @@ class Page:
         raise RuntimeError("the browser closed its DevTools connection")
 
     async def goto(self, url: str) -> None:
-        await self.send("Page.navigate", url=url)
+        went = await self.send("Page.navigate", url=url)
+        if went.get("errorText"):
+            raise RuntimeError(f"could not load {url}: {went['errorText']}")
         await self.wait_for("document.readyState === 'complete'")
+
+    async def violations(self) -> list[str]:
+        """What the page's Content-Security-Policy refused so far (recorded from before the page's first script)."""
+        return list(await self.evaluate("window.__cspViolations || []"))
 
     async def evaluate(self, expression: str) -> Any:
         result = await self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
@@ -83,6 +89,14 @@ class Page:
         return base64.b64decode(shot["data"])
 
 
+# Runs in every document before its own scripts: a refused script or style would otherwise only look unstyled.
+RECORD_CSP_VIOLATIONS = """
+window.__cspViolations = [];
+document.addEventListener("securitypolicyviolation",
+  (e) => window.__cspViolations.push(e.violatedDirective + " " + (e.blockedURI || "inline")));
+"""
+
+
 @contextlib.asynccontextmanager
 async def browser() -> AsyncIterator[Page]:
     """A fresh headless chromium with one blank tab; stopped (and its profile removed) afterwards."""
@@ -105,6 +119,7 @@ async def browser() -> AsyncIterator[Page]:
                 async with session.ws_connect(target["webSocketDebuggerUrl"], max_msg_size=64 * 2**20) as ws:
                     page = Page(ws)
                     await page.send("Page.enable")
+                    await page.send("Page.addScriptToEvaluateOnNewDocument", source=RECORD_CSP_VIOLATIONS)
                     yield page
         finally:
             if process.returncode is None:
@@ -112,6 +127,8 @@ async def browser() -> AsyncIterator[Page]:
             await process.wait()
             if drain is not None:
                 drain.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await drain
 
 
 async def _devtools_port(process: asyncio.subprocess.Process) -> int:
