@@ -74,6 +74,11 @@ class Pacer:
             decision = await self.link.take(turns, allowance) if self.link is not None else None
         if decision is None:  # Redis down or slow: this replica's share, decided here
             turns = _turns(pacing, keys, self.share(pacing))
+            for turn in turns:
+                # Where the shared budget stood, in time, is where this replica's share of it stands: each one
+                # goes on from the debt all of them had run up, rather than from a full bucket each.
+                if (seen := self._seen.get(turn.bucket)) is not None:
+                    self.fallback.seed(turn.bucket, seen[1])
             decision = self.fallback.take(turns, allowance, "fallback")
         self._note(turns, keys, decision)
         return decision

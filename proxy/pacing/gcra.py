@@ -93,6 +93,11 @@ class Buckets:
         for t in turns:
             self._store(t.bucket, held(self._tats.get(t.bucket, now), now, t.interval, t.burst, delay), now)
 
+    def seed(self, bucket: Bucket, tat: float) -> None:
+        """Owe at least what `tat` says (the shared budget's last TAT, as the fallback takes over from Redis)."""
+        if tat > self._tats.get(bucket, float("-inf")):
+            self._tats[bucket] = tat
+
     def tat(self, bucket: Bucket) -> float | None:
         return self._tats.get(bucket)
 
