@@ -47,10 +47,14 @@ class Decision:
     source: str
 
 
+EPSILON = 1e-9  # float noise: `(now + 1.0) - 1.0` need not be `now`, and a turn due now must not wait 1e-11 s
+
+
 def next_turn(tat: float, now: float, interval: float, burst: int) -> tuple[float, float]:
     """(the bucket's TAT once one more turn is taken, how long until that turn)."""
     after = max(tat, now) + interval
-    return after, max(0.0, after - burst * interval - now)
+    wait = after - burst * interval - now
+    return after, wait if wait > EPSILON else 0.0
 
 
 def held(tat: float, now: float, interval: float, burst: int, delay: float) -> float:
