@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 Bucket = tuple[str, str]  # (the limit's name, the rendered key)
 MAX_BUCKETS = 100_000  # budgets kept in one process; a full bucket (TAT in the past) needs no memory at all
 
 
-@dataclass(frozen=True, slots=True)
-class Turn:
+# Named tuples, not frozen dataclasses: a few are made per paced request, and a frozen dataclass's __init__ (one
+# object.__setattr__ per field) costs several times a tuple's.
+class Turn(NamedTuple):
     """What one limit asks of a request: one turn of `bucket`, which refills one turn per `interval` seconds and
     holds `burst` turns."""
 
@@ -34,8 +35,7 @@ class Turn:
     burst: int
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """A request's turn: `admitted` to go after `delay` seconds, or refused (its turn was `delay` seconds away,
     further than it may wait; nothing was taken). `waits` are each limit's own; `tats` each bucket's TAT after the
     decision, in seconds from now (for `/upstreams`); `source` what decided: memory, redis or fallback."""
@@ -82,15 +82,21 @@ class Buckets:
     def take(self, turns: Sequence[Turn], allowance: float, source: str = "memory") -> Decision:
         """One turn of every bucket if the latest comes within `allowance` seconds; else none."""
         now = time.monotonic()
-        current = [max(self._tats.get(t.bucket, now), now) for t in turns]
-        booked = [next_turn(tat, now, t.interval, t.burst) for tat, t in zip(current, turns, strict=True)]
-        waits = tuple(wait for _, wait in booked)
+        tats = self._tats
+        current, after, waits = [], [], []
+        for bucket, interval, burst in turns:  # one plain loop: this runs on every paced request
+            tat = tats.get(bucket, now)
+            tat = tat if tat > now else now
+            booked, wait = next_turn(tat, now, interval, burst)
+            current.append(tat)
+            after.append(booked)
+            waits.append(wait)
         delay = max(waits, default=0.0)
         if delay > allowance:
-            return Decision(False, delay, waits, tuple(tat - now for tat in current), source)
-        for turn, (after, _) in zip(turns, booked, strict=True):
-            self._store(turn.bucket, after, now)
-        return Decision(True, delay, waits, tuple(after - now for after, _ in booked), source)
+            return Decision(False, delay, tuple(waits), tuple(tat - now for tat in current), source)
+        for turn, booked in zip(turns, after, strict=True):
+            self._store(turn.bucket, booked, now)
+        return Decision(True, delay, tuple(waits), tuple(booked - now for booked in after), source)
 
     def hold(self, turns: Sequence[Turn], delay: float) -> None:
         now = time.monotonic()

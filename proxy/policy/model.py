@@ -274,10 +274,11 @@ class RateLimitPolicy:
     wait: float = 5.0
     replicas: int | None = None  # None: learnt from Redis while it is up (1 until then)
     limits: tuple[RateLimit, ...] = ()
+    # Derived, once (asked on every paced request): whether a key reads the body.
+    needs_body: bool = field(init=False, default=False, compare=False)
 
-    @property
-    def needs_body(self) -> bool:
-        return any(limit.key.needs_body for limit in self.limits)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "needs_body", any(limit.key.needs_body for limit in self.limits))
 
 
 @dataclass(frozen=True, slots=True)
