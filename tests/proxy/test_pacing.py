@@ -18,8 +18,10 @@ from collections.abc import Sequence
 
 import aiohttp
 import pytest
+import redis.asyncio as aioredis
 
 from proxy.pacing import shared
+from tests.proxy.test_reload import reloadable, start  # noqa: F401  (a fixture, and how it starts a sidecar)
 from tests.support.sidecar import RunningSidecar
 from tests.support.upstream import FaultyUpstream, respond
 
@@ -222,8 +224,6 @@ async def test_a_stalled_redis_costs_a_decision_op_timeout_at_most_then_none(
 async def test_a_redis_that_lost_the_script_gets_it_again_in_the_same_decision(
     upstream, make_sidecar, client, make_redis, redis_namespace
 ):
-    import redis.asyncio as aioredis
-
     own = make_redis()
     sc = await make_sidecar(paced(upstream, NUMBER_5, redis_url=own.url, namespace=redis_namespace))
     assert (await send(client, sc, "u0"))[0] == 200
@@ -281,3 +281,32 @@ async def test_upstreams_shows_each_limit_and_its_tokens(upstream, make_sidecar,
         "rate": "80/s", "burst": 80, "key": "{phone_id}", "backend": "redis", "routes": ["send"]}
     assert 79 <= number["tokens"][PHONE] <= 80
     assert pair["rate"] == "1/6s" and 2 <= pair["tokens"][f"{PHONE}:…0001"] < 2.1  # one of 3 taken
+
+
+# -- reloads ------------------------------------------------------------------------------------------------------
+
+
+async def test_a_reload_carries_the_budgets_and_re_points_the_redis_link(
+    upstream, reloadable, client, make_redis, redis_namespace  # noqa: F811  (the fixture imported above)
+):
+    first, second = make_redis(), make_redis()
+    limits = '[{name: pair, key: "{body.to}", rate: 1/10s, burst: 1}]'
+    sc = await start(reloadable, paced(upstream, limits, redis_url=first.url, namespace=redis_namespace, wait="0s"))
+    pacer = sc.runtime.upstreams["whatsapp"].pacer
+    assert (await send(client, sc, "u1"))[0] == 200
+    sc.text = paced(upstream, limits, redis_url=second.url, namespace=redis_namespace, wait="0s")
+    assert (await sc.sidecar.reload()).applied
+    assert sc.runtime.upstreams["whatsapp"].pacer is pacer  # carried
+    assert pacer.link is not None and pacer.link.origin[0] == second.url
+    assert (await send(client, sc, "u2"))[0] == 200  # decided in the second Redis
+    for own, expected in ((first, {"u1"}), (second, {"u2"})):
+        admin = aioredis.Redis.from_url(own.url)
+        try:
+            keys = {k.decode().rsplit(":", 1)[1] async for k in admin.scan_iter(match=f"{redis_namespace}:rl:*:pair:*")}
+        finally:
+            await admin.aclose()
+        assert keys == expected
+    sc.text = paced(upstream, limits, backend="memory", wait="0s")
+    assert (await sc.sidecar.reload()).applied
+    assert pacer.link is None  # no route paces through Redis any more: its link is retired
+    assert [(await send(client, sc, "u3"))[0] for _ in range(2)] == [200, 503]
