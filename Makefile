@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 POLICY ?= config/policy.yaml
 
-.PHONY: install tools run sidecar test lint typecheck unit bench soak chaos policy-table clean
+.PHONY: install tools run sidecar test lint typecheck unit bench bench-pacing soak chaos policy-table clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,10 @@ policy-table: install
 
 bench: install
 	$(PY) -m bench.overhead
+
+# What rate limiting costs per request (none, memory, Redis) and how well two replicas on one Redis keep a rate.
+bench-pacing: install
+	$(PY) -m bench.pacing
 
 # 10 minutes of mixed traffic with faults through a sidecar: do its RSS, fds and tasks stay flat? (SOAK_ARGS=...)
 soak: install

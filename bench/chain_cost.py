@@ -1,7 +1,7 @@
 """What one link of the chain costs: `python -m bench.chain_cost [--calls 200000]`.
 
 Times a chain of stages that only call `next`, folded by `proxy.pipeline.chain` exactly as the data path is, for
-0, 1 and 9 such stages, and prints the cost per stage. The data path's nine stages each do real work besides;
+0, 1 and 9 such stages, and prints the cost per stage. The data path's ten stages each do real work besides;
 this is the price of the indirection alone.
 """
 

@@ -71,16 +71,19 @@ class Bot:
         prompt = str(ctx.profile.get("system_prompt") or "")
         return await self._stage("generate", self.clients.gemini.generate(model, prompt, ctx.history))
 
-    async def send(self, ctx: Context, text: str) -> Row:
+    async def send(self, ctx: Context, text: str, rate_limited_retry_within: float = 0.0) -> Row:
+        """`rate_limited_retry_within`: how long a send refused `rate_limited` may wait to go once more."""
         c = self.clients
         return await self._stage(
-            "send", send_text(c.db, c.whatsapp, ctx.account, ctx.contact, ctx.conversation["id"], text)
+            "send", send_text(c.db, c.whatsapp, ctx.account, ctx.contact, ctx.conversation["id"], text,
+                              rate_limited_retry_within)
         )
 
     async def auto_reply(self, conversation_id: int) -> None:
         """Background reply to an inbound message: failures are counted and logged, never raised. An unavailable
         upstream before the send (a 503: Gemini down, its breaker open) is waited out, within
-        `settings.reply_retry_for`; the send is tried once."""
+        `settings.reply_retry_for`; the send is tried once, or twice when the sidecar refused the first
+        `rate_limited` (never sent) and its Retry-After fits in what is left of that budget."""
         loop = asyncio.get_running_loop()
         give_up_at = loop.time() + self.settings.reply_retry_for
         try:
@@ -98,7 +101,7 @@ class Bot:
                              conversation_id, exc.code, wait, self.clients.caller.request_id)
                     await asyncio.sleep(wait)
                     continue
-                await self.send(ctx, text)
+                await self.send(ctx, text, rate_limited_retry_within=give_up_at - loop.time())
                 return
         except ApiError as exc:
             log.warning(

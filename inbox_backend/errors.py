@@ -6,7 +6,8 @@ land here, so the mapping is one table:
 
     sidecar upstream_timeout / our timeout        504 external_api_timeout (database_timeout for data calls)
     circuit_open, overloaded, throttled,
-      shutting_down, upstream_connect_error,
+      rate_limited, shutting_down,
+      upstream_connect_error,
       can't connect (direct or to the sidecar)    503 <upstream>_unavailable (+ Retry-After passed on)
     upstream_reset, connection lost, upstream 5xx 502 external_api_unavailable
     upstream 429                                  503 <upstream>_unavailable (+ Retry-After)
@@ -16,7 +17,8 @@ land here, so the mapping is one table:
 Whether the request may have been processed travels with the error (`ApiError.delivery`): the sidecar says so in
 `X-Egress-Delivery: unknown` (a reset or timeout after the request was sent); in direct mode any failure but a
 failed connect is taken as unknown. A WhatsApp send with an unknown outcome is `502 delivery_unknown`, never
-"failed" (see `conversations.send_text`).
+"failed" (see `conversations.send_text`). The sidecar's reason travels too (`ApiError.reason`): a send refused
+`rate_limited` was provably never sent, and a bot reply may try it once more (see `conversations.send_text`).
 """
 
 from __future__ import annotations
@@ -35,8 +37,9 @@ DELIVERY_UNKNOWN = "delivery_unknown"
 RETRY_AFTER = "Retry-After"
 # The sidecar's fast refusals: it did not (or could not) reach the upstream, so "unavailable".
 UNAVAILABLE_REASONS = frozenset(
-    {"circuit_open", "overloaded", "throttled", "shutting_down", "upstream_connect_error"}
+    {"circuit_open", "overloaded", "throttled", "rate_limited", "shutting_down", "upstream_connect_error"}
 )
+RATE_LIMITED = "rate_limited"  # the sidecar's: the send's turn under its rate limits was too far off; never sent
 
 
 class Purpose(Enum):
@@ -52,7 +55,7 @@ class ApiError(Exception):
 
     def __init__(
         self, status: int, code: str, *, headers: Mapping[str, str] | None = None, detail: str = "",
-        delivery: str = "none",
+        delivery: str = "none", reason: str | None = None,
     ) -> None:
         super().__init__(detail or code)
         self.status = status
@@ -61,6 +64,7 @@ class ApiError(Exception):
         self.detail = detail
         # "unknown": the request reached the upstream and may have been processed (no answer came back).
         self.delivery = delivery
+        self.reason = reason  # the sidecar's X-Egress-Error, when the sidecar answered itself
 
 
 def unavailable(upstream: Upstream, retry_after: str | None, detail: str) -> ApiError:
@@ -80,6 +84,7 @@ def from_response(upstream: Upstream, purpose: Purpose, status: int, headers: Ma
     if reason is not None:
         error = _sidecar_error(upstream, purpose, status, reason, retry_after)
         error.delivery = headers.get(EGRESS_DELIVERY, "none")
+        error.reason = reason
         return error
     detail = f"{upstream} answered {status}"
     if status >= 500:

@@ -156,5 +156,11 @@ class Throttled(Unavailable):
     reason = "throttled"
 
 
+class RateLimited(Unavailable):
+    """The request's turn under its route's `rate_limit` is further off than it may wait: never sent."""
+
+    reason = "rate_limited"
+
+
 class ShuttingDown(Unavailable):
     reason = "shutting_down"

@@ -22,6 +22,8 @@ from proxy.memo import Memo
 
 # 5 ms .. 60 s: from a cache hit to the slowest media download the policy allows.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 30.0, 60.0)
+# 0 (a turn at once: most requests) .. 30 s: the longest `rate_limit.wait` worth having within a deadline.
+WAIT_BUCKETS = (0.0, 0.005, 0.025, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 # Series looked up once, not per use: `.labels()` takes a lock and hashes its values (about 2 µs, timeit, against
 # 0.5 µs for the memo). Label values are bounded by the policy, so the bounds are never reached in practice; an
@@ -99,6 +101,20 @@ class Metrics:
         )
         self.cache_errors = Counter(
             "egress_cache_errors_total", "Cache backend operations that failed or timed out", ["backend"],
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            "egress_rate_limited_total", "Requests on paced routes, by upstream, route, limit and result: passed (its "
+            "turn at once), waited (this limit made it wait) or rejected (this limit's turn was further off than the "
+            "request could wait: 503 rate_limited)", ["upstream", "route", "limit", "result"], registry=r,
+        )
+        self.rate_limit_wait = Histogram(
+            "egress_rate_limit_wait_seconds", "How long requests on paced routes waited for their turn (0: none)",
+            ["upstream", "route"], buckets=WAIT_BUCKETS, registry=r,
+        )
+        self.rate_limit_backend_errors = Counter(
+            "egress_rate_limit_backend_errors_total", "Rate limit decisions and heartbeats Redis failed or did not "
+            "answer within cache.op_timeout (the replica then paces locally at rate / replicas)", ["upstream"],
             registry=r,
         )
         self.cache_entries = Gauge("egress_cache_entries", "Entries in the memory cache", registry=r)

@@ -5,12 +5,22 @@
     deadline      the route's total, shortened by X-Egress-Timeout; it starts before the cache lookup
     cache         a HIT answers here; identical concurrent misses wait for one fetch (single-flight);
                   the rest fetch below, then store, or serve STALE for a failure; a 2xx write invalidates
+    pace          rate_limit: one turn of each limit, keyed by captures, headers, body; waits for it (FIFO
+                  per key, within `wait` and the deadline) or 503 rate_limited, never sent; shared in Redis
     bulkhead      a slot in the upstream's limits, held until the body went through (503 overloaded, 504)
     body          buffered up to retry.max_body so it can be replayed, else streamed  (413, 408, 417)
     retry         backoff, budget, Retry-After/throttle, idempotency rule; stops when the breaker opens
     hedge         an idempotent attempt unanswered after `hedge.after` gets a twin; the first answer wins
     attempt       the breaker admits it (the half-open trial), one request upstream, the outcome settled on
                   the breaker                                             (504 timeout, 502 connect_error/reset)
+
+Why `pace` sits there: below the cache, since a HIT goes nowhere and must take no turn; above the bulkhead, since a
+request waiting for its turn (seconds, for a recipient's pair limit) must not hold one of the upstream's slots: at
+`max_concurrent` waiting sends for one busy recipient would starve every other recipient, whose turns are now.
+Keys that read the body (`{body.to}`) need it before the bulkhead, so on those routes only the pace stage reads
+it (`stages.body.read_body`) and `body` finds it read: every other route keeps its body unread until it has a slot
+(`100 Continue` after the refusals). Above the retry loop, one turn per request: its retries of a throttled send
+reuse it (the provider refused that send), while the throttle's delay holds the request's keys everywhere.
 
 Around the chain, this file does two things only: `respond` (stream the upstream's answer through, write a
 stored one, or render the EgressError) and `account` (one access-log line and the metrics, in batches:
@@ -40,6 +50,7 @@ from proxy.stages.bulkhead import BulkheadStage
 from proxy.stages.cache import CacheStage
 from proxy.stages.deadline import DeadlineStage
 from proxy.stages.hedge import HedgeStage
+from proxy.stages.pace import PaceStage
 from proxy.stages.retry import RetryStage
 from proxy.stages.route import RouteStage
 
@@ -48,6 +59,7 @@ CHAIN: tuple[Stage, ...] = (
     BreakerStage(),
     DeadlineStage(),
     CacheStage(),
+    PaceStage(),
     BulkheadStage(),
     BodyStage(),
     RetryStage(),

@@ -22,6 +22,7 @@ class Target:
     route: Route
     path: str  # the raw (still percent-encoded) path below the prefix, starting with '/'
     query: str  # the raw query string, without '?'
+    captures: tuple[tuple[str, str], ...] = ()  # what the route's `{name}` parts matched, decoded
 
 
 def _split(raw_target: str) -> tuple[str, str]:
@@ -71,4 +72,5 @@ class Router:
         rest = slash + rest if slash else "/"
         if _escapes(rest):
             raise BadRequest("path segments '.' and '..' are refused", upstream=name)
-        return Target(upstream, upstream.route_for(method, rest), rest, query)
+        route = upstream.route_for(method, rest)
+        return Target(upstream, route, rest, query, route.pattern.captures(rest))

@@ -15,7 +15,8 @@ from typing import Any, Literal
 from proxy.cache import ResponseCache
 from proxy.forward import Forwarder, Pools
 from proxy.metrics import Metrics
-from proxy.policy import Policy, Upstream
+from proxy.pacing import Pacer
+from proxy.policy import CacheSettings, Policy, Upstream
 from proxy.routing import Router
 from proxy.stages.breaker import Breaker, Breakers, BreakerTelemetry
 from proxy.stages.bulkhead import Bulkhead
@@ -57,6 +58,8 @@ LIFETIMES: tuple[Lifetime, ...] = (
     Lifetime("response cache", "carried while `cache` settings are unchanged", "cache.ResponseCache.carry", "top",
              ("cache",)),
     Lifetime("recent attempt counts", "carried always (per upstream name)", "UpstreamState", "upstream"),
+    Lifetime("rate limit budgets", "carried always (per upstream name); its Redis link follows cache.redis_url",
+             "pacing.Pacer.carry", "upstream"),
 )
 
 
@@ -64,7 +67,8 @@ class UpstreamState:
     """One upstream's live state, each piece carried from `previous` by its own rule (see LIFETIMES)."""
 
     def __init__(
-        self, upstream: Upstream, metrics: Metrics, telemetry: BreakerTelemetry, previous: UpstreamState | None
+        self, upstream: Upstream, metrics: Metrics, telemetry: BreakerTelemetry, previous: UpstreamState | None,
+        cache: CacheSettings | None = None,
     ) -> None:
         self.upstream = upstream
         self.inflight = metrics.inflight.labels(upstream.name)
@@ -74,6 +78,7 @@ class UpstreamState:
         self.budget: RetryBudgetWindow = RetryBudgetWindow.carry(was.budget if was else None, upstream)
         self.throttle: ThrottleClock = ThrottleClock.carry(was.throttle if was else None, upstream)
         self.breakers: Breakers = Breakers.carry(was.breakers if was else None, upstream, telemetry)
+        self.pacer: Pacer = Pacer.carry(was.pacer if was else None, upstream, cache or CacheSettings(), metrics)
         # Attempts and failures over the last minute, for /upstreams.
         self._recent: SlidingCounts = was._recent if was else SlidingCounts(("attempts", "failures"), 60)
 
@@ -98,6 +103,7 @@ class UpstreamState:
             "breakers": {name: b.state for name, b in breakers.items()},
             "throttled_for_seconds": round(self.throttle.remaining(), 3),
             "error_rate_1m": self.error_rate(),
+            "rate_limits": self.pacer.snapshot(self.upstream),
         }
 
     async def close(self) -> None:
@@ -117,7 +123,7 @@ class Runtime:
         )
         before = previous.upstreams if previous is not None else {}
         self.upstreams: dict[str, UpstreamState] = {
-            name: UpstreamState(u, self.metrics, self.telemetry, before.get(name))
+            name: UpstreamState(u, self.metrics, self.telemetry, before.get(name), policy.cache)
             for name, u in policy.upstreams.items()
         }
         was = previous.cache if previous is not None else None
@@ -139,12 +145,15 @@ class Runtime:
                 await state.close()
             following = successor.upstreams.get(name)
             state.breakers.retire(following.breakers if following is not None else None, self.metrics)
+            if following is None or following.pacer is not state.pacer:
+                await state.pacer.close()
         if successor.cache is not self.cache:
             await self.cache.close()
 
     async def close(self) -> None:
         for state in self.upstreams.values():
             await state.close()
+            await state.pacer.close()
         await self.cache.close()
 
 

@@ -52,6 +52,7 @@ class Sidecar:
                                        f"{policy.admin.listen} is reachable beyond this host: set admin.token")])
         live = self.live = LiveRuntime(Runtime(policy))
         await live.runtime.cache.warm_up()  # a Redis that is down is not fatal: requests go on uncached
+        await _warm_up_pacing(live.runtime)  # nor for pacing: each replica then paces at its share
         self.pipeline = Pipeline(live)
         self.admin_state = AdminState(live, reload=self.reload)
         self._admin_runner = web.AppRunner(build_admin_app(self.admin_state), access_log=None)
@@ -131,6 +132,7 @@ class Sidecar:
         new = self.live.runtime.successor(policy)
         if new.cache is not self.live.runtime.cache:
             await new.cache.warm_up()
+        await _warm_up_pacing(new)
         old = self.live.swap(new)
         self.policy = policy
         if self._callers is not None:
@@ -177,6 +179,13 @@ class Sidecar:
         if self.live is not None:
             await self.live.runtime.close()
             self.live = None
+
+
+async def _warm_up_pacing(runtime: Runtime) -> None:
+    """Each Redis-paced upstream's link dialled and its replicas counted before a request needs them (a no-op for a
+    link already beating, as a carried one is)."""
+    for state in runtime.upstreams.values():
+        await state.pacer.warm_up()
 
 
 def _restart_only_changes(bound: Policy, new: Policy) -> list[str]:

@@ -73,7 +73,8 @@ DECODED_MEMO, DECODED_MEMO_MAX_SIZE = 256, 16 * 1024
 ORIGIN_MEMO = 64  # distinct (url, injected headers) pairs: one per upstream, a few more across reloads
 # Failures a stale entry stands in for: the upstream could not answer (or was not asked, to protect it).
 STALE_ON = frozenset(
-    {"upstream_timeout", "upstream_connect_error", "upstream_reset", "circuit_open", "overloaded", "throttled"}
+    {"upstream_timeout", "upstream_connect_error", "upstream_reset", "circuit_open", "overloaded", "throttled",
+     "rate_limited"}
 )
 
 

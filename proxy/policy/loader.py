@@ -29,6 +29,7 @@ from proxy.policy.model import (
     Limits,
     ListenerLimits,
     Policy,
+    RateLimitPolicy,
     Redaction,
     RetryPolicy,
     Route,
@@ -134,8 +135,8 @@ def _build(root: Located) -> Policy | None:
     defaults = Inherited()
     if "defaults" in top:
         defaults = defaults.apply(_mapping(top["defaults"], "defaults") or {}, "defaults")
-    upstreams = _upstreams(top.get("upstreams"), defaults)
-    cache = _cache_settings(top.get("cache"))
+    cache = _cache_settings(top.get("cache"))  # first: a rate limit's backend is the cache's unless it says
+    upstreams = _upstreams(top.get("upstreams"), defaults, RateLimitPolicy(backend=cache.backend))
     upstreams = _vary_credentials(upstreams, cache.credential_headers)
     redact = _value(top, "top", "redact")
     grace = _value(top, "top", "shutdown_grace")
@@ -191,7 +192,7 @@ def _admin(node: Located | None) -> AdminSettings | None:
     return node.read(lambda n: schema.read(schema.ADMIN, n, None, "top"))
 
 
-def _upstreams(node: Located | None, defaults: Inherited) -> dict[str, Upstream]:
+def _upstreams(node: Located | None, defaults: Inherited, pacing: RateLimitPolicy) -> dict[str, Upstream]:
     if node is None:
         return {}
     entries = node.read(lambda n: n.mapping()) or {}
@@ -200,13 +201,13 @@ def _upstreams(node: Located | None, defaults: Inherited) -> dict[str, Upstream]
         if not _NAME.match(name):
             child.report_at_key("an upstream name is the first path segment: use lowercase letters, digits, _ and -")
             continue
-        upstream = _upstream(name, child, defaults)
+        upstream = _upstream(name, child, defaults, pacing)
         if upstream is not None:
             upstreams[name] = upstream
     return upstreams
 
 
-def _upstream(name: str, node: Located, defaults: Inherited) -> Upstream | None:
+def _upstream(name: str, node: Located, defaults: Inherited, pacing: RateLimitPolicy) -> Upstream | None:
     entries = _mapping(node, "upstream")
     if entries is None:
         return None
@@ -216,8 +217,14 @@ def _upstream(name: str, node: Located, defaults: Inherited) -> Upstream | None:
     url = _value(entries, "upstream", "url")
     headers = _value(entries, "upstream", "headers") if "headers" in entries else schema.HEADERS_FIELD.default
     inherited = defaults.apply(entries, "upstream")
-    default_route = _make_route(name, "default", None, "**", inherited, own_breaker=False)
-    routes = _routes(name, entries.get("routes"), inherited)
+    # The upstream's rate_limit, over the starting point (the cache's backend), is what its routes start from.
+    own_pacing = _value(entries, "upstream", "rate_limit", pacing)
+    pacing = own_pacing or pacing
+    default_route = _make_route(name, "default", None, "**", inherited, own_breaker=False,
+                                rate_limit=_paced(own_pacing))
+    nodes: dict[str, Located] = {}
+    routes = _routes(name, entries.get("routes"), inherited, pacing, own_pacing, nodes)
+    _check_pacing((*routes, default_route), entries.get("rate_limit"), nodes)
     if url is None or headers is None:
         return None
     return Upstream(
@@ -234,24 +241,31 @@ def _upstream(name: str, node: Located, defaults: Inherited) -> Upstream | None:
 # -- routes --------------------------------------------------------------------------------------------
 
 
-def _routes(upstream: str, node: Located | None, inherited: Inherited) -> tuple[Route, ...]:
+def _routes(
+    upstream: str, node: Located | None, inherited: Inherited, pacing: RateLimitPolicy,
+    upstream_pacing: RateLimitPolicy | None, nodes: dict[str, Located],
+) -> tuple[Route, ...]:
+    """The upstream's routes; `nodes` gets each one's node, by name (for rules checked across routes)."""
     if node is None:
         return ()
     routes: list[Route] = []
     seen: set[str] = set()
     for item in node.read(lambda n: n.sequence()) or []:
-        route = _route(upstream, item, inherited)
+        route = _route(upstream, item, inherited, pacing, upstream_pacing)
         if route is None:
             continue
         if route.name in seen:
             item.report(f"duplicate route name {route.name!r} in upstream {upstream!r}")
             continue
         seen.add(route.name)
+        nodes[route.name] = item
         routes.append(route)
     return tuple(routes)
 
 
-def _route(upstream: str, node: Located, inherited: Inherited) -> Route | None:
+def _route(
+    upstream: str, node: Located, inherited: Inherited, pacing: RateLimitPolicy, upstream_pacing: RateLimitPolicy | None
+) -> Route | None:
     entries = _mapping(node, "route")
     if entries is None:
         return None
@@ -265,12 +279,14 @@ def _route(upstream: str, node: Located, inherited: Inherited) -> Route | None:
     idempotent = _value(entries, "route", "idempotent")
     cache = _value(entries, "route", "cache")
     hedge = _value(entries, "route", "hedge")
+    # Over the upstream's (a route's `wait: 2s` keeps its limits); a bad block leaves the upstream's.
+    rate_limit = _value(entries, "route", "rate_limit", pacing) or upstream_pacing
     if name is None or matched is None:
         return None
     method, glob = matched
     return _make_route(
         upstream, name, method, glob, own, own_breaker="breaker" in entries,
-        idempotent=bool(idempotent), cache=cache, hedge=hedge,
+        idempotent=bool(idempotent), cache=cache, hedge=hedge, rate_limit=_paced(rate_limit),
     )
 
 
@@ -290,6 +306,7 @@ def _make_route(
     idempotent: bool = False,
     cache: RouteCache | None = None,
     hedge: Hedge | None = None,
+    rate_limit: RateLimitPolicy | None = None,
 ) -> Route:
     return Route(
         upstream=upstream,
@@ -304,7 +321,55 @@ def _make_route(
         idempotent=idempotent,
         cache=cache,
         hedge=hedge,
+        rate_limit=rate_limit,
     )
+
+
+# -- rate limits ---------------------------------------------------------------------------------------
+
+
+def _paced(pacing: RateLimitPolicy | None) -> RateLimitPolicy | None:
+    """A block with no limits paces nothing (a route's `rate_limit: {limits: []}` opts out of its upstream's)."""
+    return pacing if pacing is not None and pacing.limits else None
+
+
+def _check_pacing(routes: tuple[Route, ...], own: Located | None, nodes: Mapping[str, Located]) -> None:
+    """The rules across a route's match and its limits, reported where the limit is written (the route's own
+    `rate_limit.limits`, else its upstream's, `own`): a key names captures the route's glob has, a `{body.*}` key
+    has a buffered body to read, and one name is one budget, declared alike wherever it is used."""
+    first: dict[str, tuple[Route, tuple[Any, ...], Located | None]] = {}
+    for route in routes:
+        pacing = route.rate_limit
+        if pacing is None:
+            continue
+        node = nodes.get(route.name)
+        block = node.find("rate_limit") if node is not None else None
+        inherited = block is None or block.find("limits") is None
+        block = own if inherited else block
+        if block is None:
+            continue
+        for i, limit in enumerate(pacing.limits):
+            at = block.find("limits", i, "key") or block.find("limits", i) or block
+            for capture in sorted(limit.key.captures - route.pattern.names):
+                if inherited:
+                    at.report(f"{{{capture}}} is not a capture of route {route.name!r} ({route.method or 'ANY'} "
+                              f"{route.glob}), which inherits this limit from its upstream: set the limit on the "
+                              "routes whose match captures it")
+                else:
+                    names = ", ".join(f"{{{n}}}" for n in sorted(route.pattern.names)) or "none"
+                    at.report(f"{{{capture}}} is not a capture of this route's match ({route.glob}); its captures: "
+                              f"{names}")
+            if limit.key.needs_body and route.retry.max_body == 0:
+                at.report(f"a {{body.*}} key reads the body buffered for retries, and route {route.name!r} buffers "
+                          "none (retry.max_body: 0)")
+            definition = (limit, pacing.backend, pacing.replicas)
+            seen = first.setdefault(limit.name, (route, definition, block.find("limits", i)))
+            if seen[1] != definition:
+                where = f" (line {seen[2].line})" if seen[2] is not None else ""
+                (block.find("limits", i, "name") or at).report(
+                    f"limit {limit.name!r} is declared otherwise for route {seen[0].name!r}{where}: within an "
+                    "upstream a limit's name is one budget, declared alike (rate, burst, key, backend, replicas); "
+                    "give this one another name")
 
 
 def _cache_settings(node: Located | None) -> CacheSettings:

@@ -13,6 +13,7 @@ from typing import Literal
 from yarl import URL
 
 from proxy.policy.glob import Glob
+from proxy.policy.units import format_duration
 
 # Retry / breaker conditions an attempt can end with (besides HTTP statuses and `5xx`/`4xx` classes).
 OUTCOME_CONDITIONS = frozenset({"connect_error", "reset", "timeout"})
@@ -208,6 +209,79 @@ class Hedge:
 
 
 @dataclass(frozen=True, slots=True)
+class Rate:
+    """`count` requests per `per` seconds (`80/s`, `1/6s`, `1000/min`)."""
+
+    count: int
+    per: float
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two requests at this rate (GCRA's emission interval)."""
+        return self.per / self.count
+
+    def __str__(self) -> str:
+        unit = {1.0: "s", 60.0: "min", 3600.0: "h"}.get(self.per) or format_duration(self.per)
+        return f"{self.count}/{unit}"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPart:
+    """One piece of a rate limit's key: literal `text`, or the value of a path `capture`, a request `header`
+    (lowercase name) or a `body` field (its dotted path, in `name`)."""
+
+    kind: Literal["text", "capture", "header", "body"]
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class KeyTemplate:
+    """`"{phone_id}:{body.to}"` as written (`text`) and in pieces."""
+
+    text: str
+    parts: tuple[KeyPart, ...] = ()
+
+    @property
+    def captures(self) -> frozenset[str]:
+        return frozenset(p.name for p in self.parts if p.kind == "capture")
+
+    @property
+    def needs_body(self) -> bool:
+        return any(p.kind == "body" for p in self.parts)
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """One budget: requests with the same rendered `key` share `rate`, `burst` of them at once. Within an upstream a
+    limit's `name` is its budget: routes that name the same limit share it."""
+
+    name: str
+    rate: Rate
+    key: KeyTemplate = KeyTemplate("")
+    burst: int | None = None  # None: the rate's count (80/s: 80 at once)
+
+    @property
+    def bucket_size(self) -> int:
+        return self.burst if self.burst is not None else self.rate.count
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitPolicy:
+    """A route's (or its upstream's) `rate_limit`: the limits a request must fit, how long it may wait for its
+    turn, and where the budgets are kept (`memory`: this process; `redis`: shared by every replica)."""
+
+    backend: Literal["memory", "redis"] = "memory"  # the loader starts from the cache's backend
+    wait: float = 5.0
+    replicas: int | None = None  # None: learnt from Redis while it is up (1 until then)
+    limits: tuple[RateLimit, ...] = ()
+    # Derived, once (asked on every paced request): whether a key reads the body.
+    needs_body: bool = field(init=False, default=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "needs_body", any(limit.key.needs_body for limit in self.limits))
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     upstream: str
     name: str
@@ -221,6 +295,7 @@ class Route:
     idempotent: bool = False
     cache: RouteCache | None = None
     hedge: Hedge | None = None  # None: no hedging
+    rate_limit: RateLimitPolicy | None = None  # None: not paced
 
     def matches(self, method: str, path: str) -> bool:
         return (self.method is None or self.method == method) and self.pattern.fullmatch(path)

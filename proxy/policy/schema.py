@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from yarl import URL
 
+from proxy.policy.glob import Glob
 from proxy.policy.model import (
     CREDENTIAL_HEADERS,
     OUTCOME_CONDITIONS,
@@ -32,9 +33,14 @@ from proxy.policy.model import (
     CacheSettings,
     Conditions,
     Hedge,
+    KeyPart,
+    KeyTemplate,
     Limits,
     ListenerLimits,
     Policy,
+    Rate,
+    RateLimit,
+    RateLimitPolicy,
     Redaction,
     RetryBudget,
     RetryPolicy,
@@ -46,7 +52,7 @@ from proxy.policy.model import (
 )
 from proxy.policy.redact import REDACTED, redact_url
 from proxy.policy.source import Invalid, Located, shown
-from proxy.policy.units import format_duration, format_size
+from proxy.policy.units import format_duration, format_size, parse_duration
 
 Level = Literal["top", "defaults", "upstream", "route"]
 LEVELS: tuple[Level, ...] = ("top", "defaults", "upstream", "route")
@@ -61,6 +67,13 @@ LEVEL_MODELS: Mapping[Level, type] = {"top": Policy, "upstream": Upstream, "rout
 HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE"})
 _ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_LIMIT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_CAPTURE_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+_KEY_REF = re.compile(r"\{([^{}]*)\}")
+_RATE = re.compile(r"^\s*([0-9]+)\s*/\s*([0-9.]*\s*[a-z]+)\s*$")
+_RATE_UNITS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "h": 3600.0,
+               "hour": 3600.0}
+MAX_RATE_COUNT = 1_000_000
 
 
 # -- kinds of value ------------------------------------------------------------------------------------
@@ -259,7 +272,73 @@ def _match(node: Located) -> tuple[str | None, str]:
         raise Invalid(f"expected an HTTP method or ANY, got {shown(parts[0])}")
     if not glob.startswith("/"):
         raise Invalid(f"the path glob must start with '/', got {shown(glob)}")
+    try:
+        Glob(glob)
+    except ValueError as exc:
+        raise Invalid(f"{exc} (in {shown(glob)})") from None
     return (None if method == "ANY" else method), glob
+
+
+def _rate(node: Located) -> Rate:
+    """`80/s`, `1/6s`, `1000/min`, `5/500ms`: a whole count over a unit or a duration."""
+    raw = node.text().strip()
+    match = _RATE.match(raw)
+    expected = f"expected a rate like '80/s', '1/6s' or '1000/min', got {shown(raw)}"
+    if not match:
+        raise Invalid(expected)
+    digits, per_text = match.group(1), match.group(2)
+    count = int(digits) if len(digits) <= len(str(MAX_RATE_COUNT)) else MAX_RATE_COUNT + 1  # no int() of 5,000 digits
+    per = _RATE_UNITS.get(per_text.strip())
+    if per is None:
+        try:
+            per = parse_duration(per_text)
+        except ValueError:
+            raise Invalid(expected) from None
+    if not 1 <= count <= MAX_RATE_COUNT or per <= 0:
+        raise Invalid(f"expected from 1 to {MAX_RATE_COUNT} requests over a duration greater than 0, got {shown(raw)}")
+    return Rate(count, per)
+
+
+def _limit_name(node: Located) -> str:
+    name = node.text().strip()
+    if not _LIMIT_NAME.match(name):
+        raise Invalid(f"expected a limit name of lowercase letters, digits, '_' and '-' (a metric label), got "
+                      f"{shown(name)}")
+    return name
+
+
+def _key_template(node: Located) -> KeyTemplate:
+    """`"{phone_id}:{body.to}"`: literal text and references to a path capture (`{name}`), a request header
+    (`{header.x-tenant}`) or a dotted field of a JSON body (`{body.to}`, `{body.recipient.id}`)."""
+    raw = node.text()
+    parts: list[KeyPart] = []
+    last = 0
+    for match in _KEY_REF.finditer(raw):
+        if match.start() > last:
+            parts.append(KeyPart("text", raw[last:match.start()]))
+        ref = match.group(1).strip()
+        kind, dot, rest = ref.partition(".")
+        if not dot and _CAPTURE_NAME.match(ref):
+            parts.append(KeyPart("capture", ref))
+        elif dot and kind == "header" and _HEADER_NAME.match(rest):
+            parts.append(KeyPart("header", rest.lower()))
+        elif dot and kind == "body" and all(piece.strip() for piece in rest.split(".")):
+            parts.append(KeyPart("body", rest))
+        else:
+            raise Invalid("expected {name} (a capture of the route's match), {header.<name>} or "
+                          f"{{body.<field>}} in a key, got {shown('{' + match.group(1) + '}')}")
+        last = match.end()
+    if last < len(raw):
+        parts.append(KeyPart("text", raw[last:]))
+    if any(part.kind == "text" and ("{" in part.name or "}" in part.name) for part in parts):
+        raise Invalid(f"a brace in a key starts a reference like {{phone_id}}: unbalanced in {shown(raw)}")
+    return KeyTemplate(raw, tuple(parts))
+
+
+def _replicas(node: Located) -> int | None:
+    if node.text().strip() == "auto":
+        return None
+    return node.integer(1, 10_000)
 
 
 DURATION = Kind(Located.duration, format_duration, format_duration)
@@ -282,6 +361,10 @@ CODES = Kind(lambda node: frozenset(node.texts()), sorted, lambda s: _listed(sor
 QUERY_NAMES = Kind(_query_names, sorted)
 ROUTE_NAME = Kind(_route_name)
 MATCH = Kind(_match)
+RATE = Kind(_rate, str, str)
+LIMIT_NAME = Kind(_limit_name)
+KEY_TEMPLATE = Kind(_key_template, lambda key: key.text, lambda key: key.text)
+REPLICAS = Kind(_replicas, text=lambda value: "auto" if value is None else str(value))
 
 
 # -- the nodes of the schema ---------------------------------------------------------------------------
@@ -371,6 +454,14 @@ def _backoff_order(retry: RetryPolicy, inherited: RetryPolicy | None, node: Loca
         node.report(f"backoff.max ({retry.backoff.max}s) must not be less than backoff.base")
 
 
+def _unique_limit_names(policy: RateLimitPolicy, _: Any, node: Located) -> None:
+    seen: set[str] = set()
+    for i, limit in enumerate(policy.limits):
+        if limit.name in seen:
+            (node.find("limits", i, "name") or node).report(f"a second limit named {limit.name!r} in this rate_limit")
+        seen.add(limit.name)
+
+
 def _codes_need_a_field(rule: ThrottleRule, _: Any, __: Located) -> None:
     if rule.codes and not rule.field:
         raise Invalid("'codes' needs a 'field' naming where the code is in the JSON body, e.g. error.code")
@@ -408,8 +499,9 @@ ROUTES = Group("routes", "route", "keys: {keys}; first match wins; no match uses
                "route name `default`", UPSTREAM, "list")
 ROUTE_NAME_FIELD = Field("name", ROUTE_NAME, "the route's name in metrics, logs and `DELETE /cache`", ROUTE,
                          required="a route needs 'name'")
-MATCH_FIELD = Field("match", MATCH, "`METHOD /path/glob`: `*` within a segment, `**` across segments, method `ANY` "
-                    "or omitted for any", ROUTE, required="a route needs 'match'",
+MATCH_FIELD = Field("match", MATCH, "`METHOD /path/glob`: `*` within a segment, `**` across segments, `{name}` "
+                    "captures one segment's text for `rate_limit` keys (`POST /v19.0/{phone_id}/messages`); method "
+                    "`ANY` or omitted for any", ROUTE, required="a route needs 'match'",
                     get=lambda route: f"{route.method or 'ANY'} {route.glob}")
 IDEMPOTENT = Field("idempotent", BOOLEAN, "safe to replay: retried on every `on` condition whatever the method",
                    ROUTE)
@@ -515,11 +607,35 @@ HEDGE = Section("hedge", Hedge, (
 ), "For idempotent requests: when the first attempt has not answered after `after`, send up to `max` more; the "
    "first answer wins. Hedges count against the retry budget.", ROUTE)
 
+RATE_LIMIT = Section("rate_limit", RateLimitPolicy, (
+    Field("backend", choice("memory", "redis"), "where the budgets live: `memory` (this replica's own) or `redis` "
+          "(shared by every replica on `cache.redis_url`, under `cache.namespace`)", default_text="cache.backend"),
+    Field("wait", DURATION, "the longest a request waits for its turn, within its deadline; a turn further off is "
+          "answered at once 503 `rate_limited` with `Retry-After`, never sent"),
+    Field("replicas", REPLICAS, "replicas sharing the Redis budget: while Redis is down each paces at `rate / "
+          "replicas` on its own; `auto`: as many as were seen heartbeating in Redis while it was up (1 before any "
+          "was)", default_text="auto"),
+    Section("limits", RateLimit, (
+        Field("name", LIMIT_NAME, "the budget's name, in metrics and `/upstreams`; routes of an upstream naming the "
+              "same limit share its budget (and must declare it alike)", required="a limit needs a 'name'"),
+        Field("key", KEY_TEMPLATE, "what requests share a budget: literal text and `{capture}` (of the route's "
+              "`match`), `{header.<name>}`, `{body.<field>}` (a dotted field of a JSON body buffered for retries, "
+              "up to 64KiB); a missing value is empty; no key: one budget for all", default_text='""'),
+        Field("rate", RATE, "the sustained rate: `80/s`, `1/6s`, `1000/min`",
+              required="a limit needs a 'rate', e.g. rate: 80/s"),
+        Field("burst", count(1), "requests that may go at once after a quiet spell (absent: the rate's count)"),
+    ), "each request takes one turn of every limit, all decided at once (one Redis round trip); if one would make "
+       "it wait past `wait`, none is taken", many=True),
+), "Pacing: requests over their limits wait for their turn (FIFO per key) instead of meeting the provider's own "
+   "rate limits; an upstream's applies to its every route (the `default` one too) unless a route sets its own. "
+   "A throttle answer (see `throttle`) also holds the request's keys for its delay.",
+    frozenset({"upstream", "route"}), check=_unique_limit_names)
+
 # Every key, in the README's order. A level's keys are the nodes that may appear there.
 SCHEMA: tuple[Node, ...] = (
     LISTEN, ADMIN, SHUTDOWN_GRACE, LISTENER_LIMITS, DEFAULTS, UPSTREAMS, URL_FIELD, HEADERS_FIELD, ROUTES,
     ROUTE_NAME_FIELD, MATCH_FIELD, IDEMPOTENT, TIMEOUTS, RETRY, BREAKER, LIMITS, THROTTLE, CACHE, REDACT,
-    ROUTE_CACHE, HEDGE,
+    ROUTE_CACHE, HEDGE, RATE_LIMIT,
 )
 # What a level passes down to the next (defaults -> upstream -> route).
 INHERITED: tuple[Section, ...] = tuple(n for n in SCHEMA if isinstance(n, Section) and "defaults" in n.levels)

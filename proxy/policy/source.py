@@ -153,6 +153,23 @@ class Located:
             raise Invalid(f"expected a list, got {self._kind()}")
         return [Located(n, f"{self.path}[{i}]", self.ctx) for i, n in enumerate(self.node.value)]
 
+    def find(self, *steps: str | int) -> Located | None:
+        """The node under this one at `steps` (mapping keys, list indexes), or None; reports nothing (unlike
+        `mapping`): for a rule across keys that reports at one of them after the reading is done."""
+        node: Located | None = self
+        for step in steps:
+            if node is None:
+                return None
+            if isinstance(step, int) and isinstance(node.node, yaml.SequenceNode):
+                items = node.node.value
+                node = Located(items[step], f"{node.path}[{step}]", node.ctx) if step < len(items) else None
+            elif isinstance(step, str) and isinstance(node.node, yaml.MappingNode):
+                node = next((Located(value, node.child_path(step), node.ctx, key)
+                             for key, value in node.node.value if str(key.value) == step), None)
+            else:
+                return None
+        return node
+
     def is_null(self) -> bool:
         return isinstance(self.node, yaml.ScalarNode) and self.node.tag == "tag:yaml.org,2002:null"
 

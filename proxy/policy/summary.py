@@ -2,12 +2,12 @@
 (that is `check --show`, hundreds of lines for the shipped one).
 
 Per upstream: where it goes and its limits; then, over its routes (the `default` one included), which are retried,
-behind which breaker, cached and hedged. Secrets are shown as the effective policy shows them (redacted).
+behind which breaker, cached, hedged and paced. Secrets are shown as the effective policy shows them (redacted).
 """
 
 from __future__ import annotations
 
-from proxy.policy.model import Policy, Route, Upstream
+from proxy.policy.model import Policy, RateLimitPolicy, Route, Upstream
 from proxy.policy.redact import redact_url
 from proxy.policy.units import format_duration, format_size
 
@@ -20,6 +20,11 @@ def _limits(upstream: Upstream) -> str:
     limits = upstream.limits
     body = f", bodies up to {format_size(limits.max_request_body)}" if limits.max_request_body is not None else ""
     return f"{limits.max_concurrent} in flight, {limits.max_queue} queued{body}"
+
+
+def _paced(pacing: RateLimitPolicy) -> str:
+    limits = ", ".join(f"{limit.name} {limit.rate} burst {limit.bucket_size}" for limit in pacing.limits)
+    return f"{limits} ({pacing.backend}, wait {format_duration(pacing.wait)})"
 
 
 def _grouped(described: list[tuple[str, str]]) -> str:
@@ -44,6 +49,7 @@ def _upstream_lines(upstream: Upstream, names: frozenset[str]) -> list[str]:
               for r in routes if r.cache is not None]
     hedged = [f"{r.name} after {format_duration(r.hedge.after)} (up to {r.hedge.max})"
               for r in routes if r.hedge is not None]
+    paced = _grouped([(r.name, _paced(r.rate_limit)) for r in routes if r.rate_limit is not None])
     timeouts = _grouped([(r.name, f"read {format_duration(r.timeouts.read)} total {format_duration(r.timeouts.total)}")
                          for r in routes])
     return [
@@ -54,6 +60,7 @@ def _upstream_lines(upstream: Upstream, names: frozenset[str]) -> list[str]:
         f"    breakers  {'; '.join(broken)}",
         f"    cached    {'; '.join(cached) or 'none'}",
         f"    hedged    {'; '.join(hedged) or 'none'}",
+        f"    paced     {paced or 'none'}",
         f"    limits    {_limits(upstream)}",
     ]
 

@@ -3,7 +3,9 @@
 with whether it may be replayed (`Idempotency-Key`, the method, the route's `idempotent`).
 
 It comes after the bulkhead on purpose: `100 Continue` is sent only once the request was routed, admitted and
-given a slot, so a refusal goes out instead of an invitation to send the body.
+given a slot, so a refusal goes out instead of an invitation to send the body. One exception: a route whose
+`rate_limit` keys read the body (`{body.to}`) has it read by the pace stage, before the bulkhead (`read_body`):
+a request waiting for its turn must not hold a slot, and its turn depends on the body.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ class BodyStage:
     async def __call__(self, ex: Exchange, next: Next) -> Reply:
         assert ex.target is not None and ex.upstream is not None
         request = ex.request
-        try:
-            body = ex.body = await self._read(ex)
-        except EgressError as error:
-            error.upstream = error.upstream or ex.target.upstream.name
-            return error
+        body = ex.body
+        if body is None:  # else read already, for the pace stage's keys
+            try:
+                body = ex.body = await read_body(ex)
+            except EgressError as error:
+                return error
         forwarder = ex.upstream.forwarder
         ex.idempotent = is_idempotent(ex.method, ex.target.route, request.headers.get(IDEMPOTENCY_KEY))
         ex.out = Outgoing(
@@ -48,19 +51,24 @@ class BodyStage:
             ex.out.headers.extend(ex.conditional)
         return await next(ex)
 
-    @staticmethod
-    async def _read(ex: Exchange) -> RequestBody:
-        """Within the deadline: a caller that stalls its body must not hold its bulkhead slot any longer."""
-        assert ex.target is not None and ex.deadline is not None
-        request, deadline = ex.request, ex.deadline
-        upstream = ex.target.upstream
-        read = RequestBody.read(request, ex.target.route.retry.max_body, upstream.limits.max_request_body)
-        try:
-            if not request.body_exists:
-                return await read  # nothing to wait for: no timer
-            async with asyncio.timeout(max(deadline.remaining(), 0.001)):
-                return await read
-        except TimeoutError as exc:
-            raise RequestTimeout(f"the request body did not arrive within {deadline.budget:g}s") from exc
-        except (aiohttp.ClientPayloadError, ConnectionError, asyncio.IncompleteReadError) as exc:
-            raise BadRequest(f"could not read the request body: {exc}") from exc
+
+async def read_body(ex: Exchange) -> RequestBody:
+    """Within the deadline: a caller that stalls its body must not hold its bulkhead slot (or its turn) any longer.
+    Raises the refusal (413, 408, 417, 400) as an EgressError of the request's upstream."""
+    assert ex.target is not None and ex.deadline is not None
+    request, deadline = ex.request, ex.deadline
+    upstream = ex.target.upstream
+    read = RequestBody.read(request, ex.target.route.retry.max_body, upstream.limits.max_request_body)
+    try:
+        if not request.body_exists:
+            return await read  # nothing to wait for: no timer
+        async with asyncio.timeout(max(deadline.remaining(), 0.001)):
+            return await read
+    except TimeoutError as exc:
+        raise RequestTimeout(f"the request body did not arrive within {deadline.budget:g}s",
+                             upstream=upstream.name) from exc
+    except (aiohttp.ClientPayloadError, ConnectionError, asyncio.IncompleteReadError) as exc:
+        raise BadRequest(f"could not read the request body: {exc}", upstream=upstream.name) from exc
+    except EgressError as error:
+        error.upstream = error.upstream or upstream.name
+        raise

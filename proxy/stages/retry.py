@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import backoff
@@ -100,6 +100,7 @@ class RetryContext:
     metrics: Metrics
     request_id: str
     attempts: int = 0  # tries: attempts this loop made (a hedge is not one of them)
+    on_throttle: Callable[[float], None] | None = None  # the pace stage's, told each throttle answer's delay
 
     @classmethod
     def of(cls, ex: Exchange) -> RetryContext:
@@ -118,6 +119,7 @@ class RetryContext:
             body=ex.body,
             metrics=ex.runtime.metrics,
             request_id=ex.request_id,
+            on_throttle=ex.on_throttle,
         )
 
 
@@ -219,6 +221,8 @@ class RetryLoop:
             if delay is not None:
                 if delay > 0:
                     ctx.throttle.note(delay)
+                    if ctx.on_throttle is not None:
+                        ctx.on_throttle(delay)
                 # Rejected, not processed: replay is safe whatever the method. The one limit on the wait is the
                 # request's own deadline (not backoff.max): a WhatsApp send told to wait 5 s is sent once more.
                 verdict = self._schedule("throttled", delay, throttled=True)

@@ -94,3 +94,103 @@ def test_the_common_shapes(glob: str, matches: list[str], misses: list[str]) -> 
         assert Glob(glob).fullmatch(path), path
     for path in misses:
         assert not Glob(glob).fullmatch(path), path
+
+
+# -- captures ----------------------------------------------------------------------------------------------------
+
+SEGMENT_TEXT = st.text(alphabet="ab.%-:", max_size=4)  # literal text around a capture, within its segment
+VALUE = st.text(alphabet="ab0-._~", min_size=1, max_size=6)  # what a capture may match: a segment's text, not empty
+
+
+@st.composite
+def captured(draw: st.DrawFn) -> tuple[str, str, dict[str, str]]:
+    """A glob with captures (each alone in its segment, no `**` on both sides) and a path it describes."""
+    glob_parts, path_parts, values = [], [], {}
+    for i in range(draw(st.integers(1, 4))):
+        kind = draw(st.sampled_from(["literal", "star", "capture"]))
+        if kind == "capture":
+            prefix, suffix, value = draw(SEGMENT_TEXT), draw(SEGMENT_TEXT), draw(VALUE)
+            glob_parts.append(f"{prefix}{{c{i}}}{suffix}")
+            path_parts.append(f"{prefix}{value}{suffix}")
+            values[f"c{i}"] = value
+        elif kind == "star":
+            glob_parts.append("*")
+            path_parts.append(draw(st.text(alphabet="ab", max_size=3)))
+        else:
+            text = draw(st.text(alphabet="ab.", max_size=3))
+            glob_parts.append(text)
+            path_parts.append(text)
+    glob, path = "/" + "/".join(glob_parts), "/" + "/".join(path_parts)
+    if draw(st.booleans()):  # a `**` at one end: the captures are then placed from the other
+        tail = draw(st.lists(st.text(alphabet="ab", min_size=1, max_size=2), max_size=3))
+        if draw(st.booleans()):
+            glob, path = "/**" + glob, "/" + "/".join(tail) + path
+        else:
+            glob, path = glob + "/**", path + "/" + "/".join(tail)
+    return glob, path, values
+
+
+def capture_regex(glob: str) -> re.Pattern[str]:
+    """The reference: a capture is `[^/]+`, the rest as `old_regex`."""
+    out = []
+    for token in re.split(r"(\*\*|\*|\{[a-z_0-9]+\})", glob):
+        if token.startswith("{"):
+            out.append(f"(?P<{token[1:-1]}>[^/]+)")
+        else:
+            out.append(".*" if token == "**" else "[^/]*" if token == "*" else re.escape(token))
+    return re.compile("".join(out), re.DOTALL)
+
+
+@given(case=captured())
+def test_a_capture_glob_matches_the_path_it_describes_and_reads_back_each_value(
+    case: tuple[str, str, dict[str, str]],
+) -> None:
+    glob, path, values = case
+    matcher = Glob(glob)
+    assert matcher.fullmatch(path)
+    assert dict(matcher.captures(path)) == values
+    assert matcher.names == frozenset(values)
+
+
+@given(case=captured(), other=PATH)
+def test_a_capture_glob_agrees_with_the_regex_and_its_values_with_the_regexs_groups(
+    case: tuple[str, str, dict[str, str]], other: str,
+) -> None:
+    glob, path, _ = case
+    matcher, reference = Glob(glob), capture_regex(glob)
+    for candidate in (path, other, path + "/", path.replace("/", "//", 1)):
+        found = reference.fullmatch(candidate)
+        assert matcher.fullmatch(candidate) == (found is not None), candidate
+        if found is not None:  # placed by position, the values are what a regex would group (literal affixes)
+            assert dict(matcher.captures(candidate)) == {k: v for k, v in found.groupdict().items()}
+
+
+def test_a_capture_never_matches_an_empty_segment_and_its_value_is_decoded() -> None:
+    matcher = Glob("/v19.0/{phone_id}/messages")
+    assert not matcher.fullmatch("/v19.0//messages")
+    assert matcher.captures("/v19.0/10%2001/messages") == (("phone_id", "10 01"),)
+    assert Glob("/models/{model}:generateContent").captures("/models/gemini-2.0:generateContent") == (
+        ("model", "gemini-2.0"),)
+
+
+@pytest.mark.parametrize(
+    ("glob", "message"),
+    [
+        ("/v1/{a}{b}", "alone in its segment"),
+        ("/v1/{a}*", "alone in its segment"),
+        ("/**/{a}/**", "'**' both before and after"),
+        ("/{a}/{a}", "appears twice"),
+        ("/v1/{Phone}", "a brace in a glob starts a capture"),
+        ("/v1/{", "a brace in a glob starts a capture"),
+    ],
+)
+def test_captures_that_could_not_be_read_back_are_refused(glob: str, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Glob(glob)
+
+
+def test_a_capture_glob_on_an_8kb_path_returns_at_once() -> None:
+    matcher = Glob("/**/{a}/x")
+    started = time.perf_counter()
+    assert matcher.fullmatch("/" + "a/" * 4096) is False
+    assert time.perf_counter() - started < 0.5

@@ -99,7 +99,7 @@ def test_unknown_key_with_did_you_mean():
     text = UPSTREAM + "    timeout: {read: 1s}\n"
     assert problem(text) == (
         "policy.yaml:4: upstreams.g.timeout: unknown key (did you mean 'timeouts'?); expected one of: "
-        "breaker, headers, limits, retry, routes, throttle, timeouts, url"
+        "breaker, headers, limits, rate_limit, retry, routes, throttle, timeouts, url"
     )
 
 

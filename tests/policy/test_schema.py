@@ -80,6 +80,8 @@ def _leaves(section: Section, level: str) -> Iterator[tuple[str, ...]]:
 
 def _has(data: Any, path: tuple[str, ...]) -> bool:
     for key in path:
+        if isinstance(data, list) and data:  # a list of sections (`rate_limit.limits`): its first one
+            data = data[0]
         if not isinstance(data, dict) or key not in data:
             return False
         data = data[key]
@@ -92,7 +94,7 @@ upstreams:
     url: https://g.example
     throttle: [{status: 429}]
     routes:
-      - {name: r, match: GET /r, cache: {ttl: 5m}, hedge: {after: 200ms}}
+      - {name: r, match: GET /r, cache: {ttl: 5m}, hedge: {after: 200ms}, rate_limit: {limits: [{name: n, rate: 1/s}]}}
 """
 
 

@@ -172,6 +172,7 @@ PIECES = {
     "connection pools": lambda rt, name: rt.upstreams[name].forwarder.pools if name in rt.upstreams else None,
     "response cache": lambda rt, name: rt.cache,
     "recent attempt counts": lambda rt, name: rt.upstreams[name]._recent if name in rt.upstreams else None,
+    "rate limit budgets": lambda rt, name: rt.upstreams[name].pacer if name in rt.upstreams else None,
 }
 
 

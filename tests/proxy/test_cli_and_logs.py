@@ -116,7 +116,8 @@ def test_check_prints_a_short_summary_and_ok():
     text = done.stdout
     for expected in ("  gemini: ", "    breakers  gemini opens after 5 failures for 10s",
                      "    hedged    generate after 5s (up to 1)", "auth_user for 60s", "100 in flight, 50 queued",
-                     "3 attempts on [connect_error, reset, timeout, 502, 503, 504]"):
+                     "3 attempts on [connect_error, reset, timeout, 502, 503, 504]",
+                     "    paced     number 80/s burst 80, pair 1/6s burst 3 (memory, wait 5s): send_message"):
         assert expected in text, expected
     assert "supersecret" not in text and "(token set)" in text
 

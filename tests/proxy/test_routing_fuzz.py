@@ -25,6 +25,7 @@ POLICY = load(
         routes:
           - {name: send, match: POST /v19.0/*/messages}
           - {name: evil, match: GET /**/a/**/b/**/c}
+          - {name: paced, match: "POST /v20.0/{phone_id}/messages"}  # quoted: braces in a flow mapping
       gemini:
         url: https://g.example
     """
@@ -36,7 +37,8 @@ FORWARDERS = {name: Forwarder(u, cast(aiohttp.ClientSession, None)) for name, u 
 PIECES = st.sampled_from([
     "/", "//", "/./", "/../", ".", "..", "%2e", "%2E%2e", "%2f", "%2F", "%5c", "\\", "?", "#", "@", ":", "%",
     "%00", "%zz", "http://evil.example", "//evil.example", "evil.example:80", "whatsapp", "gemini", "v19.0",
-    "messages", "a", "b", "c", "é", "\u202e", "\uff05\uff12\uff45", "..%2f", ".%2e", ";", "&", "=",  # (a fullwidth %2e)
+    "messages", "v20.0", "a", "b", "c", "é", "\u202e", "\uff05\uff12\uff45",  # (a fullwidth %2e)
+    "..%2f", ".%2e", ";", "&", "=",
 ])
 TARGETS = st.one_of(
     st.lists(PIECES, max_size=10).map("".join),
@@ -68,3 +70,20 @@ def test_any_target_stays_on_its_upstream_under_its_prefix_or_is_refused(method:
     below = url.raw_path[len(prefix):]
     for segment in below.split("/"):
         assert not any(piece in (".", "..") for piece in re.split(r"[/\\]", unquote(segment))), url
+
+
+@given(target=TARGETS.map(lambda rest: "/whatsapp/v20.0/" + rest) | st.builds(
+    "/whatsapp/v20.0/{}/messages".format, st.lists(PIECES, max_size=4).map("".join)))
+@example(target="/whatsapp/v20.0/%2F/messages")
+@example(target="/whatsapp/v20.0/1%2e/messages?x=1")
+def test_a_capture_is_the_decoded_text_of_its_own_segment_and_nothing_else(target: str) -> None:
+    try:
+        resolved = ROUTER.resolve("POST", target)
+    except EgressError:
+        return
+    if resolved.route.name != "paced":
+        assert resolved.captures == ()
+        return
+    segments = resolved.path.split("/")
+    assert len(segments) == 4 and segments[1] == "v20.0" and segments[3] == "messages" and segments[2]
+    assert resolved.captures == (("phone_id", unquote(segments[2])),)

@@ -14,6 +14,7 @@ import contextlib
 import itertools
 import json
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -30,6 +31,7 @@ class Recorded:
     headers: CIMultiDictProxy[str]
     body: bytes = b""
     delivered: bool = False
+    at: float = field(default_factory=time.monotonic)  # when its head arrived (time.monotonic)
 
 
 @dataclass
