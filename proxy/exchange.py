@@ -140,7 +140,8 @@ class Exchange:
     attempts: int = 0  # retry and hedge: every attempt sent or refused by the breaker
     hedges: int = 0  # hedge
     # pace: told the delay of a throttle answer (by retry), to hold the request's rate limit keys for it
-    on_throttle: Callable[[float], None] | None = None
+    # pace: told a throttle answer's delay and the limits it is about (empty: all); whether it held any
+    on_throttle: Callable[[float, frozenset[str]], bool] | None = None
     cache: str | None = None  # cache: HIT, MISS, STALE...
     cache_status: str | None = None  # cache: the RFC 9211 Cache-Status of the answer
     # cache: the validators of a stale entry, sent upstream in place of the caller's own conditionals (body)

@@ -147,9 +147,10 @@ def _upstream_card(name: str, u: Mapping[str, Any], buttons: bool) -> str:
         ("retry budget left", f'{e(budget["left"])} of {e(budget["allowance"])} per {e(budget["window_seconds"])} s'),
         ("throttle", _badge(f"throttled for {throttle:.1f} s", "bad") if throttle else "none"),
     ]
-    pacing = u.get("rate_limits")
-    if pacing:
-        facts.append(("pacing", e(", ".join(f"{k}: {v}" for k, v in _flat(pacing)))))
+    redis = u["rate_limits"].get("redis")
+    if redis:
+        tone = "ok" if redis["state"] == "up" else "bad"
+        facts.append(("pacing store", f'{_badge("redis " + redis["state"], tone)} replicas {e(redis["replicas"])}'))
     facts_html = "".join(f"<dt>{e(k)}</dt><dd>{v}</dd>" for k, v in facts)
     limits = u["limits"]
     cache = minute["cache"]
@@ -166,20 +167,22 @@ def _upstream_card(name: str, u: Mapping[str, Any], buttons: bool) -> str:
         f'<h2>{e(name)} {_badge(PHASE_TEXT[worst], PHASE_TONE[worst])} {marks}</h2>'
         f'<div class="gauges">{_gauge("in flight", u["inflight"], limits["max_concurrent"])}'
         f'{_gauge("queued", u["queued"], limits["max_queue"])}</div>'
-        f'{_breakers(u, buttons)}<dl>{facts_html}</dl>'
+        f'{_breakers(u, buttons)}<dl>{facts_html}</dl>{_pacing(u["rate_limits"])}'
         f'<h3>Cache, last minute</h3>{cache_html}<h3>Last errors</h3>{errors_html}</section>'
     )
 
 
-def _flat(data: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
-    if isinstance(data, Mapping):
-        for key, value in data.items():
-            yield from _flat(value, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(data, list):
-        for i, value in enumerate(data):
-            yield from _flat(value, f"{prefix}[{i}]")
-    else:
-        yield prefix, data
+def _pacing(rate_limits: Mapping[str, Any]) -> str:
+    """Each send-pacing limit and the keys closest to their turn running out (fewest tokens first)."""
+    limits = rate_limits.get("limits") or {}
+    if not limits:
+        return ""
+    rows = ((e(name), e(limit["rate"]), e(limit["burst"]), f'<code>{e(limit["key"])}</code>', e(limit["backend"]),
+             e(", ".join(limit["routes"])),
+             e(", ".join(f"{key or '(empty)'}: {left}" for key, left in limit["tokens"].items()) or "full"))
+            for name, limit in limits.items())
+    return "<h3>Pacing</h3>" + _rows(["limit", "rate", "burst", "key", "backend", "routes", "tokens left"], rows,
+                                     "pacing")
 
 
 def _shorten(text: str) -> str:

@@ -86,22 +86,34 @@ def needs_body(rules: Sequence[ThrottleRule], status: int) -> bool:
     return any(rule.status == status and (rule.field or rule.delay_field) for rule in rules)
 
 
-def throttle_delay(
-    rules: Sequence[ThrottleRule], status: int, retry_after: str | None, body: bytes | None
-) -> float | None:
-    """The delay this response asks for if it says "throttled", else None."""
-    parsed: Any = None
-    if body:
-        try:
-            parsed = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            parsed = None
-    header_delay = retry_after_seconds(retry_after)
+def _parsed(body: bytes | None) -> Any:
+    if not body:
+        return None
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+
+
+def _matching(rules: Sequence[ThrottleRule], status: int, parsed: Any) -> ThrottleRule | None:
+    """The first rule this answer meets: its status, and a code at its `field` if it names one."""
     for rule in rules:
         if rule.status != status:
             continue
         if rule.field and not any(str(v) in rule.codes for v in _walk(parsed, rule.field)):
             continue
+        return rule
+    return None
+
+
+def throttle_delay(
+    rules: Sequence[ThrottleRule], status: int, retry_after: str | None, body: bytes | None
+) -> float | None:
+    """The delay this response asks for if it says "throttled", else None."""
+    parsed = _parsed(body)
+    header_delay = retry_after_seconds(retry_after)
+    rule = _matching(rules, status, parsed)
+    if rule is not None:
         if header_delay is not None:
             return header_delay
         if rule.delay_field:
@@ -113,6 +125,13 @@ def throttle_delay(
     if status == THROTTLE_STATUS:
         return header_delay if header_delay is not None else 0.0
     return None
+
+
+def throttle_scope(rules: Sequence[ThrottleRule], status: int, body: bytes | None) -> frozenset[str]:
+    """The rate limits a throttle answer is about (its rule's `limits`); empty: the whole upstream. Asked only of
+    an answer that `throttle_delay` found throttling, so parsing its (small) body again costs nothing that counts."""
+    rule = _matching(rules, status, _parsed(body))
+    return rule.limits if rule is not None else frozenset()
 
 
 class ThrottleClock:

@@ -13,6 +13,7 @@ never waiting on Redis past `cache.op_timeout`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -84,6 +85,7 @@ class Pacer:
         return decision
 
     async def hold(self, pacing: RateLimitPolicy, keys: Sequence[Key], delay: float) -> None:
+        """No turn of these limits' keys (`pacing` and `keys` in step) before `delay` is over."""
         if pacing.backend == "memory":
             self.local.hold(_turns(pacing, keys), delay)
             return
@@ -92,11 +94,21 @@ class Pacer:
         if self.link is not None:
             await self.link.hold(_turns(pacing, keys), delay)
 
-    def hold_soon(self, pacing: RateLimitPolicy, keys: Sequence[Key], delay: float) -> None:
-        """`hold`, without making the request that met the throttle wait for Redis."""
+    def hold_soon(
+        self, pacing: RateLimitPolicy, keys: Sequence[Key], delay: float, only: frozenset[str] = frozenset()
+    ) -> bool:
+        """`hold` the limits named in `only` (all when empty), without making the request that met the throttle
+        wait for Redis; whether any of its limits was held."""
+        if only:
+            kept = [(limit, key) for limit, key in zip(pacing.limits, keys, strict=True) if limit.name in only]
+            if not kept:
+                return False
+            pacing = dataclasses.replace(pacing, limits=tuple(limit for limit, _ in kept))
+            keys = [key for _, key in kept]
         task = asyncio.get_running_loop().create_task(self.hold(pacing, keys, delay))
         self._holds.add(task)
         task.add_done_callback(self._holds.discard)
+        return True
 
     # -- lifetime ---------------------------------------------------------------------------------------
 

@@ -225,6 +225,7 @@ def _upstream(name: str, node: Located, defaults: Inherited, pacing: RateLimitPo
     nodes: dict[str, Located] = {}
     routes = _routes(name, entries.get("routes"), inherited, pacing, own_pacing, nodes)
     _check_pacing((*routes, default_route), entries.get("rate_limit"), nodes)
+    _check_throttle_scopes((*routes, default_route), entries.get("throttle"))
     if url is None or headers is None:
         return None
     return Upstream(
@@ -370,6 +371,21 @@ def _check_pacing(routes: tuple[Route, ...], own: Located | None, nodes: Mapping
                     f"limit {limit.name!r} is declared otherwise for route {seen[0].name!r}{where}: within an "
                     "upstream a limit's name is one budget, declared alike (rate, burst, key, backend, replicas); "
                     "give this one another name")
+
+
+def _check_throttle_scopes(routes: tuple[Route, ...], own: Located | None) -> None:
+    """The `limits` of an upstream's own throttle rules name limits its routes pace: else the answer a rule is about
+    would hold nothing (the rules of `defaults` reach every upstream and are not checked)."""
+    if own is None or own.is_null():
+        return
+    paced = {limit.name for route in routes if route.rate_limit is not None for limit in route.rate_limit.limits}
+    for rule in own.read(Located.sequence) or []:
+        at = rule.find("limits")
+        if at is None:
+            continue
+        for name in sorted(set(at.read(Located.texts) or []) - paced):
+            known = ", ".join(sorted(paced)) or "none"
+            at.report(f"{name!r} is not a rate limit of this upstream's routes (its limits: {known})")
 
 
 def _cache_settings(node: Located | None) -> CacheSettings:

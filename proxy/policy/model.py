@@ -187,6 +187,9 @@ class ThrottleRule:
     codes: frozenset[str] = frozenset()  # compared as text so 130429 and "130429" both match
     delay_field: str | None = None  # JSON path of the delay, e.g. `error.details[].retryDelay`
     delay: float = 1.0  # used when neither Retry-After nor delay_field says
+    # The route's rate limits this answer is about (WhatsApp's #131056 is the pair limit's): it holds those keys
+    # only, not the whole upstream. Empty: the whole upstream (the throttle clock) and all of the request's limits.
+    limits: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)

@@ -363,6 +363,7 @@ ROUTE_NAME = Kind(_route_name)
 MATCH = Kind(_match)
 RATE = Kind(_rate, str, str)
 LIMIT_NAME = Kind(_limit_name)
+LIMIT_NAMES = Kind(lambda node: frozenset(map(_limit_name, node.sequence())), sorted, lambda s: _listed(sorted(s)))
 KEY_TEMPLATE = Kind(_key_template, lambda key: key.text, lambda key: key.text)
 REPLICAS = Kind(_replicas, text=lambda value: "auto" if value is None else str(value))
 
@@ -559,6 +560,9 @@ THROTTLE = Section("throttle", ThrottleRule, (
     Field("delay_field", OPTIONAL_TEXT, "JSON path of the delay (`\"7s\"` or seconds), used when there is no "
           "`Retry-After`"),
     Field("delay", DURATION, "the delay when neither `Retry-After` nor `delay_field` says"),
+    Field("limits", LIMIT_NAMES, "names of the route's `rate_limit` limits this answer is about (a per-key limit, "
+          "e.g. WhatsApp's pair limit for `131056`): it holds just those keys, on every replica, instead of the "
+          "whole upstream; `[]`: the whole upstream and all of the request's limits", default_text="[]"),
 ), "a response with `status` (and, if `field` is set, a JSON value at `field` in `codes`) is throttling",
     PER_UPSTREAM, many=True, check=_codes_need_a_field)
 CACHE = Section("cache", CacheSettings, (

@@ -48,7 +48,7 @@ class PaceStage:
             return _refusal(ex, pacing, decision, allowance)
         if decision.delay > 0:
             await asyncio.sleep(decision.delay)
-        ex.on_throttle = lambda delay: pacer.hold_soon(pacing, keys, delay)
+        ex.on_throttle = lambda delay, scope: pacer.hold_soon(pacing, keys, delay, scope)
         return await next(ex)
 
 

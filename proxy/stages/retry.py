@@ -24,7 +24,14 @@ from proxy.metrics import Metrics
 from proxy.policy import Route, ThrottleRule, Upstream
 from proxy.policy.model import RetryBudget
 from proxy.stages.breaker import Breaker
-from proxy.throttle import RETRY_AFTER_STATUSES, ThrottleClock, needs_body, retry_after_seconds, throttle_delay
+from proxy.throttle import (
+    RETRY_AFTER_STATUSES,
+    ThrottleClock,
+    needs_body,
+    retry_after_seconds,
+    throttle_delay,
+    throttle_scope,
+)
 from proxy.window import SlidingCounts
 
 log = logging.getLogger("egress.retry")
@@ -100,7 +107,7 @@ class RetryContext:
     metrics: Metrics
     request_id: str
     attempts: int = 0  # tries: attempts this loop made (a hedge is not one of them)
-    on_throttle: Callable[[float], None] | None = None  # the pace stage's, told each throttle answer's delay
+    on_throttle: Callable[[float, frozenset[str]], bool] | None = None  # Exchange.on_throttle (the pace stage's)
 
     @classmethod
     def of(cls, ex: Exchange) -> RetryContext:
@@ -220,9 +227,12 @@ class RetryLoop:
             outcome.throttled = delay is not None  # for the cache's stale-if-error, should this be the answer
             if delay is not None:
                 if delay > 0:
-                    ctx.throttle.note(delay)
-                    if ctx.on_throttle is not None:
-                        ctx.on_throttle(delay)
+                    # An answer about some of the route's limits (a rule's `limits`) holds just their keys; any
+                    # other holds the whole upstream here, and the request's keys on every replica.
+                    scope = throttle_scope(ctx.throttle_rules, status, outcome.body)
+                    held = ctx.on_throttle is not None and ctx.on_throttle(delay, scope)
+                    if not (scope and held):
+                        ctx.throttle.note(delay)
                 # Rejected, not processed: replay is safe whatever the method. The one limit on the wait is the
                 # request's own deadline (not backoff.max): a WhatsApp send told to wait 5 s is sent once more.
                 verdict = self._schedule("throttled", delay, throttled=True)

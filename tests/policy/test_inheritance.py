@@ -256,8 +256,11 @@ def test_the_shipped_retry_breaker_and_throttle(shipped):
     assert (rule.status, rule.delay_field, rule.delay) == (429, "error.details[].retryDelay", 1.0)
 
     whatsapp = shipped.upstreams["whatsapp"]
-    [rule] = whatsapp.throttle
-    assert (rule.status, rule.field, rule.codes, rule.delay) == (400, "error.code", {"130429", "131056"}, 5.0)
+    throughput, pair = whatsapp.throttle
+    assert (throughput.status, throughput.field, throughput.codes, throughput.delay) == (
+        400, "error.code", {"130429"}, 5.0)
+    assert not throughput.limits  # the whole number
+    assert (pair.codes, pair.delay, pair.limits) == ({"131056"}, 6.0, {"pair"})  # that recipient only
     send = whatsapp.route_for("POST", "/v19.0/12345/messages")
     assert (send.name, send.idempotent, send.retry.attempts) == ("send_message", False, 3)
     assert whatsapp.default_route.breaker.count.describe() == ["connect_error", "reset", "timeout", "5xx"]

@@ -485,7 +485,7 @@ def test_throttle_rule_errors_point_at_their_keys_and_are_all_reported():
         "policy.yaml:5: upstreams.g.throttle[0].status: expected a whole number, got 'many'",
         "policy.yaml:6: upstreams.g.throttle[0].delay: expected a duration like '15s' or '150ms', got 'slow'",
         "policy.yaml:7: upstreams.g.throttle[1].colour: unknown key; expected one of: codes, delay, delay_field, "
-        "field, status",
+        "field, limits, status",
     ]
 
 

@@ -176,3 +176,20 @@ def test_replicas_and_an_explicit_backend():
     policy = load(SENDS.replace("wait: 5s", "wait: 5s\n          replicas: 3\n          backend: memory"))
     pacing = policy.upstreams["whatsapp"].routes[0].rate_limit
     assert pacing is not None and (pacing.replicas, pacing.backend) == (3, "memory")
+
+
+def test_a_throttle_rule_names_the_limits_it_is_about():
+    text = SENDS.replace("    routes:\n", "    throttle:\n      - {status: 400, field: error.code, codes: [131056], "
+                         "limits: [pair]}\n    routes:\n", 1)
+    [rule] = load(text).upstreams["whatsapp"].throttle
+    assert rule.limits == frozenset({"pair"})
+    assert all(not r.limits for r in load(SENDS).upstreams["whatsapp"].throttle)  # the default: all of them
+
+
+def test_a_throttle_rule_naming_a_limit_the_upstream_does_not_pace_is_refused_at_its_line():
+    text = SENDS.replace("    routes:\n", "    throttle:\n      - {status: 400, field: error.code, codes: [131056], "
+                         "limits: [pair, pairs]}\n    routes:\n", 1)
+    assert problem(text) == (
+        "policy.yaml:6: upstreams.whatsapp.throttle[0].limits: 'pairs' is not a rate limit of this upstream's "
+        "routes (its limits: number, pair)"
+    )

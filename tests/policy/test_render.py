@@ -112,7 +112,8 @@ def test_the_effective_policy_has_the_defaults_merged():
     assert stream["timeouts"]["read"] == "30s" and stream["timeouts"]["total"] == "120s"
     assert default["name"] == "default" and default["match"] == "ANY **"
     assert gemini["throttle"] == [
-        {"status": 429, "field": None, "codes": [], "delay_field": "error.details[].retryDelay", "delay": "1s"}
+        {"status": 429, "field": None, "codes": [], "delay_field": "error.details[].retryDelay", "delay": "1s",
+         "limits": []}
     ]
     assert gemini["limits"] == {
         "max_concurrent": 100, "max_queue": 50, "max_request_body": None, "keepalive": "4s",

@@ -172,6 +172,31 @@ async def test_a_throttle_answer_holds_the_key_on_every_replica(
     assert delivered(upstream) == [1, 3, 1]
 
 
+BOTH = ('[{name: number, key: "{phone_id}", rate: 50/s, burst: 50}, '
+        '{name: pair, key: "{phone_id}:{body.to}", rate: 10/s}]')
+
+
+@pytest.mark.parametrize("scoped", [True, False])
+async def test_a_throttle_rule_about_one_limit_holds_only_its_keys(upstream, make_sidecar, client, scoped):
+    """`limits: [pair]` on the #131056 rule: the recipient's pair key is held, the number's other recipients go at
+    once. Without it, the answer holds all of the request's keys (and the upstream's throttle clock)."""
+    scope = ", limits: [pair]" if scoped else ""
+    throttle = f"throttle: [{{status: 400, field: error.code, codes: [131056], delay: 1s{scope}}}]"
+    sc = await make_sidecar(paced(upstream, BOTH, backend="memory", wait="300ms", upstream_keys=throttle))
+    upstream.script(respond(400, {"error": {"code": 131056, "message": "pair rate limit hit"}}))
+    throttled = asyncio.ensure_future(send(client, sc, "+4915550009", 1))
+    await until(lambda: len(upstream.requests) == 1)
+    await asyncio.sleep(0.05)
+    other = await send(client, sc, "+4915550010", 2)
+    if scoped:
+        assert other[0] == 200 and other[3] < 0.5  # not held: another recipient of the same number
+        assert (await send(client, sc, "+4915550009", 3))[:2] == (503, "rate_limited")  # that pair is, ~0.9 s
+    else:
+        assert other[:2] == (503, "rate_limited")  # every key of the request held, the number's too
+    status, _, _, took = await throttled
+    assert status == 200 and took >= 1.0  # its own retry waited the delay out, then went
+
+
 # -- Redis down or slow ------------------------------------------------------------------------------------------
 
 

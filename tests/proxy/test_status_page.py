@@ -201,7 +201,10 @@ def hostile_report(text: str) -> dict[str, Any]:
     upstream = {"inflight": 0, "queued": 0, "limits": {"max_concurrent": 1, "max_queue": 1},
                 "breaker_details": [breaker],
                 "observe": {"breakers": [text], "limits": True}, "retry_budget": {"left": 1, "allowance": 1,
-                "window_seconds": 10}, "throttled_for_seconds": 0.0, "rate_limits": {text: text},
+                "window_seconds": 10}, "throttled_for_seconds": 0.0, "rate_limits": {
+                    "limits": {text: {"rate": text, "burst": 1, "key": text, "backend": text, "routes": [text],
+                                      "tokens": {text: 0.5}}},
+                    "redis": {"state": text, "replicas": text}},
                 "last_minute": minute}
     return {"version": text, "generated_at": text, "uptime_seconds": 1, "token_required": True,
             "policy": {"source": text, "policy_loaded_at": text,
@@ -247,3 +250,27 @@ def test_each_phase_has_a_colour_and_a_text(phase):
     report["upstreams"]["x"]["breaker_details"][0]["phase"] = phase
     html = status_page.render_main(report)
     assert f'data-phase="{phase}"' in html and status_page.PHASE_TEXT[phase] in html
+
+
+async def test_pacing_limits_and_their_tokens_are_on_the_page(upstream, make_sidecar, client):
+    sc = await make_sidecar(f"""
+    upstreams:
+      whatsapp:
+        url: {upstream.url}
+        routes:
+          - name: send
+            match: POST /v19.0/{{phone_id}}/messages
+            rate_limit:
+              backend: memory
+              wait: 1s
+              limits: [{{name: number, key: "{{phone_id}}", rate: 5/s, burst: 5}}]
+    """)
+    for _ in range(3):
+        async with client.post(sc.url + "/whatsapp/v19.0/1234/messages", json={"to": "1"}) as resp:
+            assert resp.status == 200
+    [limit] = (await status(client, sc))["upstreams"]["whatsapp"]["rate_limits"]["limits"].values()
+    assert limit["rate"] == "5/s" and limit["routes"] == ["send"]
+    [left] = limit["tokens"].values()
+    assert 2 <= left < 3.5  # 3 of 5 taken, refilling at 5/s
+    html = await page(client, sc)
+    assert "<h3>Pacing</h3>" in html and "<td>number</td><td>5/s</td>" in html
