@@ -24,14 +24,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from proxy.cache import HIT, REVALIDATED, STALE
+from proxy.cache import HIT, REVALIDATED, STALE, UPDATING
 from proxy.logs import AccessEntry, iso
 
 WINDOW = 60  # seconds summarised
 SAMPLES = 128  # latency samples kept per second: the p95 of a minute reads up to 7680 of them
 LAST_ERRORS = 20
 
-SERVED_FROM_CACHE = frozenset({HIT, STALE, REVALIDATED})
+SERVED_FROM_CACHE = frozenset({HIT, STALE, REVALIDATED, UPDATING})
 NOT_A_LOOKUP = frozenset({"BYPASS"})  # the caller said no-store: the cache was not asked
 
 

@@ -25,8 +25,9 @@ import json
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from multidict import CIMultiDictProxy
 from yarl import URL
@@ -68,6 +69,9 @@ CACHE_HEADER = "X-Egress-Cache"
 CACHE_STATUS_HEADER = "Cache-Status"  # RFC 9211, next to X-Egress-Cache
 CACHE_STATUS_NAME = "egress"
 HIT, MISS, STALE, REVALIDATED = "HIT", "MISS", "STALE", "REVALIDATED"
+# Served stale within the entry's stale-while-revalidate (RFC 5861 §3) while one refresh runs in the background
+# (nginx's `$upstream_cache_status` says the same word).
+UPDATING = "UPDATING"
 # Decoded memory-cache entries kept, small ones only: at most 256 x 2 x 16 KiB = 8 MiB beyond max_bytes.
 DECODED_MEMO, DECODED_MEMO_MAX_SIZE = 256, 16 * 1024
 ORIGIN_MEMO = 64  # distinct (url, injected headers) pairs: one per upstream, a few more across reloads
@@ -131,6 +135,15 @@ class Lookup:
         self.revalidating: Entry | None = None  # the stale entry whose validators went upstream
         self.sent_at = time.time()  # §4.2.3 request_time, for the age of what comes back
 
+    def refreshing(self) -> Lookup:
+        """The lookup of the background refresh of what this one served UPDATING: the same plan, the same place
+        in the store (generations, marker), the served entry's validators going upstream."""
+        twin = Lookup(self.plan)
+        twin.generations, twin.marker, twin.found = self.generations, self.marker, True
+        twin.stale = self.ready
+        twin.revalidating = self.ready if self.ready is not None and self.ready.validators else None
+        return twin
+
 
 class ResponseCache:
     def __init__(self, settings: CacheSettings, store: Store, keys: KeyMaker, metrics: Metrics) -> None:
@@ -143,6 +156,7 @@ class ResponseCache:
         # new key and never answered from the old one's decoding.
         self._decoded: Memo[bytes, Entry | None] = Memo(DECODED_MEMO)
         self._origins: Memo[tuple[URL, tuple[tuple[str, str], ...]], str] = Memo(ORIGIN_MEMO)
+        self._refreshes: dict[str, asyncio.Task[None]] = {}  # by key: one background refresh at a time
 
     @classmethod
     def open(cls, settings: CacheSettings, metrics: Metrics) -> ResponseCache:
@@ -165,7 +179,21 @@ class ResponseCache:
         return await self.storage.warm_up()
 
     async def close(self) -> None:
+        for task in list(self._refreshes.values()):
+            task.cancel()
         await self.storage.close()
+
+    def refresh_soon(self, lookup: Lookup, refresh: Callable[[Lookup], Coroutine[Any, Any, None]]) -> bool:
+        """Run `refresh` in the background for what `lookup` served UPDATING, unless one for its key is running
+        (identical requests meanwhile are served the same entry and start none); whether it started."""
+        key = lookup.plan.key.base
+        if key in self._refreshes or lookup.generations is None:
+            return False
+        task = asyncio.get_running_loop().create_task(refresh(lookup.refreshing()))
+        self._refreshes[key] = task
+        task.add_done_callback(lambda _: self._refreshes.pop(key, None))
+        log.debug("Cache UPDATING %s (refreshing in the background)", lookup.plan)
+        return True
 
     # -- what a request is to the cache ---------------------------------------------------------------
 
@@ -283,6 +311,12 @@ class ResponseCache:
             lookup.result = HIT
             self._share(lookup, HIT, entry)
             log.debug("Cache HIT %s (age=%.1fs)", lookup.plan, entry.age(now))
+        elif plan.asks is NO_ASKS and entry.within_stale_while_revalidate(now):
+            # RFC 5861 §3: served now, refreshed in the background (the stage starts it: `refresh_soon`). A caller
+            # who asked for freshness of its own (max-age, min-fresh...) gets the entry revalidated in line.
+            lookup.ready = entry
+            lookup.result = UPDATING
+            self._share(lookup, UPDATING, entry)
         else:  # stale (or not fresh enough for this caller): revalidated when it can be, a fallback if allowed
             lookup.stale = entry
             if entry.validators and plan.mode is Mode.LOOKUP:
@@ -465,15 +499,15 @@ def cache_status(lookup: Lookup, served: Entry | None, fwd_status: int | None, s
     went upstream (`fwd=uri-miss|stale|request|bypass`), what came back (`fwd-status`) and whether it was
     `stored`; `ttl` is the freshness left of the entry served or stored (negative: stale)."""
     now = time.time()
-    if lookup.result == HIT:
-        parts = ["hit"]
+    if lookup.result in (HIT, UPDATING):
+        parts = ["hit"]  # UPDATING: a hit on a stale entry, its negative ttl says so (RFC 9211 §2.2)
     elif lookup.plan.mode is Mode.REFRESH:
         parts = ["fwd=request"]
     elif lookup.plan.mode is Mode.BYPASS:
         parts = ["fwd=bypass"]
     else:
         parts = ["fwd=stale" if lookup.found else "fwd=uri-miss"]
-    if fwd_status is not None and lookup.result != HIT:
+    if fwd_status is not None and lookup.result not in (HIT, UPDATING):
         parts.append(f"fwd-status={fwd_status}")
     if stored is not None:
         parts.append("stored")

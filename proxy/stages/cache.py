@@ -3,7 +3,9 @@
 answer is stored when the rules allow, or a STALE entry stands in for a failure (`stale_if_error`, an open
 breaker's refusal included). A stale entry with validators goes upstream as a conditional request: a 304 serves
 it REVALIDATED with refreshed headers. A caller's own conditional request matching what the cache serves gets a
-304. A successful (2xx/3xx) unsafe request invalidates its path's cached reads, and those its Location and
+304. Within an entry's `stale-while-revalidate` it is served at once (UPDATING) while one refresh per key runs
+through the rest of the chain in the background, on its own deadline, and stores what comes back (RFC 5861 §3).
+A successful (2xx/3xx) unsafe request invalidates its path's cached reads, and those its Location and
 Content-Location name on the same upstream, before the caller hears back. Every answer says `Cache-Status`.
 
 The rules, keys, store and single-flight are `proxy.cache`'s; this module decides when to use them and owns the
@@ -12,12 +14,19 @@ response capture: reading an answer's body (at most `cache.max_body`, within the
 
 from __future__ import annotations
 
+import copy
+import functools
+import logging
+
 from yarl import URL
 
-from proxy.cache import Entry, Lookup, ReadPlan, ResponseCache, WritePlan, cache_status
+from proxy.cache import UPDATING, Entry, Lookup, ReadPlan, ResponseCache, WritePlan, cache_status
+from proxy.deadline import Deadline
 from proxy.errors import EgressError, NotCached
 from proxy.exchange import Answer, Exchange, Next, Reply, Stored
 from proxy.routing import Target
+
+log = logging.getLogger("egress.cache")
 
 
 class CacheStage:
@@ -65,6 +74,8 @@ async def _read(cache: ResponseCache, plan: ReadPlan, ex: Exchange, next: Next) 
     try:
         ex.cache = lookup.result
         if lookup.ready is not None:
+            if lookup.result == UPDATING:
+                cache.refresh_soon(lookup, functools.partial(_refresh, cache, _background(ex), next))
             return _served(cache, lookup, ex, lookup.ready)
         if lookup.failed is not None:
             return lookup.failed  # the identical request this one waited for failed, or outlasted our deadline
@@ -83,6 +94,35 @@ async def _read(cache: ResponseCache, plan: ReadPlan, ex: Exchange, next: Next) 
     finally:
         if not streaming:
             await scope.close()
+
+
+def _background(ex: Exchange) -> Exchange:
+    """The exchange a background refresh runs with: the same request, on a deadline of its own (the route's total:
+    the caller, already answered, waits for nothing), nothing of the caller's answer in it."""
+    assert ex.target is not None
+    twin = copy.copy(ex)
+    twin.deadline = Deadline.start(ex.target.route.timeouts.total)
+    twin.after, twin.cache, twin.cache_status, twin.on_throttle = None, None, None, None
+    return twin
+
+
+async def _refresh(cache: ResponseCache, ex: Exchange, next: Next, lookup: Lookup) -> None:
+    """The background half of stale-while-revalidate: the rest of the chain with the served entry's validators
+    (a 304 refreshes it, a storable answer replaces it, a failure leaves it as it was)."""
+    assert ex.deadline is not None
+    if lookup.revalidating is not None:
+        ex.conditional = lookup.revalidating.validators
+    try:
+        reply = await _fill(cache, lookup, ex, await next(ex))
+        if isinstance(reply, Answer):
+            await reply.discard(ex.deadline)
+        for then in ex.after or ():
+            await then()
+    except Exception:  # nobody waits on it to hear: the entry stays as it was, served until its window ends
+        log.exception("Cache refresh of %s failed", lookup.plan)
+        return
+    if isinstance(reply, EgressError):
+        log.info("Cache refresh of %s failed: %s", lookup.plan, reply.reason)
 
 
 async def _fill(cache: ResponseCache, lookup: Lookup, ex: Exchange, reply: Reply) -> Reply:

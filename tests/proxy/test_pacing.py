@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from proxy.pacing import shared
 from tests.proxy.test_reload import reloadable, start  # noqa: F401  (a fixture, and how it starts a sidecar)
 from tests.support.sidecar import RunningSidecar
-from tests.support.upstream import FaultyUpstream, respond
+from tests.support.upstream import FaultyUpstream, respond, until
 
 PHONE = "1001"
 WINDOW = 0.95  # "in every second", less the jitter of a loopback hop
@@ -91,13 +91,6 @@ def backend_errors(sc: RunningSidecar) -> float:
     value = sc.runtime.metrics.registry.get_sample_value("egress_rate_limit_backend_errors_total",
                                                         {"upstream": "whatsapp"})
     return value or 0.0
-
-
-async def until(condition, within: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    give_up = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < give_up, "timed out waiting for the condition"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture

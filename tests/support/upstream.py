@@ -367,3 +367,11 @@ class RawUpstream:
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
+
+
+async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
+    """Poll `condition` (what an upstream has seen, a runtime's state) until it holds, `within` seconds at most."""
+    give_up = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < give_up, "timed out waiting for the condition"
+        await asyncio.sleep(0.02)
