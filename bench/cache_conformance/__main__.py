@@ -22,6 +22,7 @@ from typing import Any
 
 from bench.cache_conformance import suite, summary, targets
 from bench.processes import REPO_ROOT, Processes
+from bench.stack import nginx_binary
 
 
 def sidecar_commit() -> str:
@@ -36,7 +37,7 @@ def sidecar_commit() -> str:
 
 def measure(checkout: Path, out: Path, names: list[str], route_cache: str) -> dict[str, Any]:
     suite.check(checkout)
-    binary = targets.nginx_binary()
+    binary = nginx_binary()
     if summary.NGINX in names and binary is None:
         raise SystemExit("nginx is not installed: leave it out with --targets sidecar-cache,pass-through")
     tests = suite.export_tests(checkout)

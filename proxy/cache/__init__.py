@@ -311,7 +311,7 @@ class ResponseCache:
             lookup.result = HIT
             self._share(lookup, HIT, entry)
             log.debug("Cache HIT %s (age=%.1fs)", lookup.plan, entry.age(now))
-        elif plan.asks is NO_ASKS and entry.within_stale_while_revalidate(now):
+        elif not plan.asks.freshness and entry.within_stale_while_revalidate(now):
             # RFC 5861 §3: served now, refreshed in the background (the stage starts it: `refresh_soon`). A caller
             # who asked for freshness of its own (max-age, min-fresh...) gets the entry revalidated in line.
             lookup.ready = entry

@@ -214,6 +214,12 @@ class Asks:
     max_stale: float = 0.0
     only_if_cached: bool = False
 
+    @property
+    def freshness(self) -> bool:
+        """Whether the caller asks for freshness of its own (max-age, min-fresh): then no stale answer is served
+        while a revalidation runs; unknown directives (`Cache-Control: foo`) ask nothing."""
+        return self.max_age is not None or self.min_fresh > 0
+
     @classmethod
     def of(cls, cc: CacheControl) -> Asks:
         return cls(seconds(cc, "max-age"), seconds(cc, "min-fresh") or 0.0, seconds(cc, "max-stale") or 0.0,

@@ -89,3 +89,13 @@ async def test_a_refresh_in_flight_at_a_stop_is_cancelled(upstream, make_sidecar
     await sc.runtime.cache.close()
     await asyncio.sleep(0)
     assert refreshes[0].cancelled() or refreshes[0].done()
+
+
+async def test_a_caller_directive_that_asks_nothing_of_freshness_still_gets_the_stale_entry(
+    upstream, make_sidecar, client
+):
+    # The public cache test suite's client sends `Cache-Control: nothing-to-see-here` on every request.
+    sc = await stored_then_stale(upstream, make_sidecar, client)
+    upstream.script(respond(200, b"second", SWR))
+    reply = await call(client, sc.url + URL, headers={"Cache-Control": "nothing-to-see-here"})
+    assert (reply[2], state(reply)) == (b"first", "UPDATING")
