@@ -18,6 +18,29 @@ from proxy.policy.model import SECRET_QUERY_NAMES
 from proxy.policy.render import redact_query
 
 
+class Occasional:
+    """A warning for a backend that fails every request (the cache's, pacing's Redis): written at most once per
+    `every` seconds, with what failed said the same way everywhere."""
+
+    __slots__ = ("_at", "every")
+
+    def __init__(self, every: float = 30.0) -> None:
+        self.every = every
+        self._at = float("-inf")
+
+    def due(self) -> bool:
+        """Whether to write it now (and then not again for `every` seconds)."""
+        now = time.monotonic()
+        if now - self._at < self.every:
+            return False
+        self._at = now
+        return True
+
+    @staticmethod
+    def failure(exc: BaseException) -> str:
+        return "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+
+
 def iso(at: float, timespec: str = "seconds") -> str:
     """Epoch seconds as the admin port and JSON answers write times: `2026-12-03T17:30:20Z`."""
     return datetime.fromtimestamp(at, UTC).isoformat(timespec=timespec).replace("+00:00", "Z")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -25,6 +24,7 @@ from prometheus_client import Counter
 from proxy.adapters import MemoryBackend, RedisBackend
 from proxy.cache.keys import MARKER_PREFIX
 from proxy.cache.memory import BoundedLru
+from proxy.logs import Occasional
 from proxy.metrics import Metrics
 from proxy.policy import CacheSettings
 
@@ -49,7 +49,7 @@ class Store:
         self._errors = errors.labels(name)
         self._recovery: asyncio.Task[None] | None = None  # set while the backend is out of the requests' path
         self._closed = False
-        self._warned_at = float("-inf")
+        self._warning = Occasional(WARN_EVERY)
         # In-process reads cannot fail or wait: they skip aiocache's per-call layers (timeout, plugins, hooks),
         # which cost more than the read itself, and read the LRU itself. Writes still go through aiocache.
         self._local: BoundedLru | None = None
@@ -124,13 +124,10 @@ class Store:
         self._errors.inc()
         if self._recovery is None and not self._closed:
             self._recovery = asyncio.get_running_loop().create_task(self._recover())
-        now = time.monotonic()
-        if now - self._warned_at >= WARN_EVERY:
-            self._warned_at = now
-            reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+        if self._warning.due():
             log.warning(
                 "Cache backend %s unavailable (%s %s); requests pass through uncached "
-                "(next warning in %.0fs at the earliest)", self.name, op, reason, WARN_EVERY,
+                "(next warning in %.0fs at the earliest)", self.name, op, Occasional.failure(exc), WARN_EVERY,
             )
 
 

@@ -23,7 +23,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -32,6 +31,7 @@ import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from proxy.logs import Occasional
 from proxy.pacing.gcra import Bucket, Decision, Turn
 from proxy.policy import CacheSettings
 
@@ -119,7 +119,7 @@ class RedisLink:
         self.up = True  # optimistic: the warm-up's heartbeat (or the first decision) says otherwise
         self.replicas: int | None = None
         self._beating: asyncio.Task[None] | None = None
-        self._warned_at = float("-inf")
+        self._warning = Occasional(WARN_EVERY)
         self._closed = False
 
     def serves(self, settings: CacheSettings) -> bool:
@@ -196,13 +196,11 @@ class RedisLink:
     def _failed(self, op: str, exc: Exception) -> None:
         self._errors.inc()
         self.up = False
-        now = time.monotonic()
-        if now - self._warned_at >= WARN_EVERY:
-            self._warned_at = now
-            reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+        if self._warning.due():
             log.warning(
                 "Rate limit backend redis unavailable for upstream %s (%s %s); pacing locally at 1/%d of each rate "
-                "(next warning in %.0fs at the earliest)", self.upstream, op, reason, self.replicas or 1, WARN_EVERY,
+                "(next warning in %.0fs at the earliest)", self.upstream, op, Occasional.failure(exc),
+                self.replicas or 1, WARN_EVERY,
             )
 
     async def close(self) -> None:
