@@ -34,6 +34,14 @@ def policy(gemini: str, whatsapp: str) -> str:
           - name: media
             match: GET /v19.0/media/*
             cache: {{ttl: 5m}}
+          - name: send
+            match: POST /v19.0/{{phone_id}}/messages
+            rate_limit:
+              backend: memory
+              wait: 1s
+              limits:
+                - {{name: number, key: "{{phone_id}}", rate: 80/s, burst: 80}}
+                - {{name: pair, key: "{{phone_id}}:{{body.to}}", rate: 1/6s, burst: 3}}
     """
 
 
@@ -49,6 +57,9 @@ async def test_the_page_follows_a_breaker_opened_through_the_admin_api(make_upst
     for _ in range(3):
         async with client.get(sc.url + "/whatsapp/v19.0/media/42"):
             pass
+    for to in ("4915550001", "4915550001", "4915550002"):
+        async with client.post(sc.url + "/whatsapp/v19.0/1234/messages", json={"to": to}):
+            pass
     async with browser() as page:
         await page.goto(sc.admin + "/")
         await page.evaluate("window.__sameDocument = true")  # gone if anything reloads the page
@@ -62,6 +73,7 @@ async def test_the_page_follows_a_breaker_opened_through_the_admin_api(make_upst
         assert await page.evaluate("window.__sameDocument === true")  # swapped in place, not reloaded
         text = await page.evaluate("document.body.innerText")
         assert "forced open by an operator" in text and "upstream_5xx" in text
+        assert "Pacing" in await page.evaluate("document.querySelector('#upstream-whatsapp').innerText")
 
         if os.environ.get("STATUS_SCREENSHOT"):
             Path(os.environ["STATUS_SCREENSHOT"]).write_bytes(await page.screenshot())  # noqa: ASYNC240 (a test)
