@@ -139,7 +139,6 @@ class Exchange:
     hedge: bool = False  # hedge: set on the copy a hedged attempt runs with (it never takes a half-open trial)
     attempts: int = 0  # retry and hedge: every attempt sent or refused by the breaker
     hedges: int = 0  # hedge
-    # pace: told the delay of a throttle answer (by retry), to hold the request's rate limit keys for it
     # pace: told a throttle answer's delay and the limits it is about (empty: all); whether it held any
     on_throttle: Callable[[float, frozenset[str]], bool] | None = None
     cache: str | None = None  # cache: HIT, MISS, STALE...

@@ -24,7 +24,7 @@ class Occasional:
 
     __slots__ = ("_at", "every")
 
-    def __init__(self, every: float = 30.0) -> None:
+    def __init__(self, every: float) -> None:
         self.every = every
         self._at = float("-inf")
 

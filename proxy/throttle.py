@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from proxy.deadline import Deadline
 from proxy.errors import Throttled
@@ -86,23 +86,41 @@ def needs_body(rules: Sequence[ThrottleRule], status: int) -> bool:
     return any(rule.status == status and (rule.field or rule.delay_field) for rule in rules)
 
 
-def _parsed(body: bytes | None) -> Any:
-    if not body:
-        return None
-    try:
-        return json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
+class Throttling(NamedTuple):
+    """What a throttle answer says: how long to leave the upstream alone, and which of the route's rate limits it
+    is about (its rule's `limits`; empty: the whole upstream)."""
+
+    delay: float
+    limits: frozenset[str] = frozenset()
 
 
-def _matching(rules: Sequence[ThrottleRule], status: int, parsed: Any) -> ThrottleRule | None:
-    """The first rule this answer meets: its status, and a code at its `field` if it names one."""
+def throttling(
+    rules: Sequence[ThrottleRule], status: int, retry_after: str | None, body: bytes | None
+) -> Throttling | None:
+    """What this response says if it says "throttled", else None: the first rule it meets (its status, and a code
+    at its `field` if it names one), or any 429."""
+    parsed: Any = None
+    if body:
+        try:
+            parsed = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            parsed = None
+    header_delay = retry_after_seconds(retry_after)
     for rule in rules:
         if rule.status != status:
             continue
         if rule.field and not any(str(v) in rule.codes for v in _walk(parsed, rule.field)):
             continue
-        return rule
+        if header_delay is not None:
+            return Throttling(header_delay, rule.limits)
+        if rule.delay_field:
+            for raw in _walk(parsed, rule.delay_field):
+                delay = _delay_value(raw)
+                if delay is not None:
+                    return Throttling(delay, rule.limits)
+        return Throttling(rule.delay, rule.limits)
+    if status == THROTTLE_STATUS:
+        return Throttling(header_delay if header_delay is not None else 0.0)
     return None
 
 
@@ -110,28 +128,8 @@ def throttle_delay(
     rules: Sequence[ThrottleRule], status: int, retry_after: str | None, body: bytes | None
 ) -> float | None:
     """The delay this response asks for if it says "throttled", else None."""
-    parsed = _parsed(body)
-    header_delay = retry_after_seconds(retry_after)
-    rule = _matching(rules, status, parsed)
-    if rule is not None:
-        if header_delay is not None:
-            return header_delay
-        if rule.delay_field:
-            for raw in _walk(parsed, rule.delay_field):
-                delay = _delay_value(raw)
-                if delay is not None:
-                    return delay
-        return rule.delay
-    if status == THROTTLE_STATUS:
-        return header_delay if header_delay is not None else 0.0
-    return None
-
-
-def throttle_scope(rules: Sequence[ThrottleRule], status: int, body: bytes | None) -> frozenset[str]:
-    """The rate limits a throttle answer is about (its rule's `limits`); empty: the whole upstream. Asked only of
-    an answer that `throttle_delay` found throttling, so parsing its (small) body again costs nothing that counts."""
-    rule = _matching(rules, status, _parsed(body))
-    return rule.limits if rule is not None else frozenset()
+    said = throttling(rules, status, retry_after, body)
+    return None if said is None else said.delay
 
 
 class ThrottleClock:

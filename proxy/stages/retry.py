@@ -24,14 +24,7 @@ from proxy.metrics import Metrics
 from proxy.policy import Route, ThrottleRule, Upstream
 from proxy.policy.model import RetryBudget
 from proxy.stages.breaker import Breaker
-from proxy.throttle import (
-    RETRY_AFTER_STATUSES,
-    ThrottleClock,
-    needs_body,
-    retry_after_seconds,
-    throttle_delay,
-    throttle_scope,
-)
+from proxy.throttle import RETRY_AFTER_STATUSES, ThrottleClock, needs_body, retry_after_seconds, throttling
 from proxy.window import SlidingCounts
 
 log = logging.getLogger("egress.retry")
@@ -221,17 +214,15 @@ class RetryLoop:
             retry_after: float | None = None
         else:
             status = outcome.status
-            delay = throttle_delay(
-                ctx.throttle_rules, status, outcome.response.headers.get("Retry-After"), outcome.body
-            )
-            outcome.throttled = delay is not None  # for the cache's stale-if-error, should this be the answer
-            if delay is not None:
+            said = throttling(ctx.throttle_rules, status, outcome.response.headers.get("Retry-After"), outcome.body)
+            outcome.throttled = said is not None  # for the cache's stale-if-error, should this be the answer
+            if said is not None:
+                delay = said.delay
                 if delay > 0:
                     # An answer about some of the route's limits (a rule's `limits`) holds just their keys; any
                     # other holds the whole upstream here, and the request's keys on every replica.
-                    scope = throttle_scope(ctx.throttle_rules, status, outcome.body)
-                    held = ctx.on_throttle is not None and ctx.on_throttle(delay, scope)
-                    if not (scope and held):
+                    held = ctx.on_throttle is not None and ctx.on_throttle(delay, said.limits)
+                    if not (said.limits and held):
                         ctx.throttle.note(delay)
                 # Rejected, not processed: replay is safe whatever the method. The one limit on the wait is the
                 # request's own deadline (not backoff.max): a WhatsApp send told to wait 5 s is sent once more.

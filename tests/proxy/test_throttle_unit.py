@@ -8,6 +8,7 @@ import asyncio
 import email.utils
 import json
 import math
+import textwrap
 import time
 
 import pytest
@@ -18,7 +19,7 @@ from proxy.deadline import Deadline
 from proxy.errors import Throttled
 from proxy.policy import ThrottleRule, parse_policy
 from proxy.policy.units import MAX_DURATION
-from proxy.throttle import ThrottleClock, needs_body, retry_after_seconds, throttle_delay
+from proxy.throttle import ThrottleClock, Throttling, needs_body, retry_after_seconds, throttle_delay, throttling
 
 # The shipped policy's two shapes of "slow down": Gemini's RetryInfo in a 429 body, WhatsApp's 400 + error.code.
 POLICY = parse_policy(
@@ -267,3 +268,19 @@ def test_carry_keeps_the_previous_clock_and_its_hold_over_a_reload() -> None:
     carried = ThrottleClock.carry(fresh, reloaded)
     assert carried is fresh  # a provider's "slow down" does not end with a new policy, even a changed one
     assert carried.remaining() > 4.9
+
+
+def test_a_rule_names_the_limits_its_answer_is_about():
+    [rule] = parse_policy(textwrap.dedent("""\
+        upstreams:
+          whatsapp:
+            url: http://127.0.0.1:1
+            throttle: [{status: 400, field: error.code, codes: [131056], delay: 6s, limits: [pair]}]
+            routes:
+              - name: send
+                match: POST /v19.0/{phone_id}/messages
+                rate_limit: {backend: memory, limits: [{name: pair, key: "{phone_id}", rate: 1/6s}]}
+        """), "p.yaml", {}).upstreams["whatsapp"].throttle
+    assert throttling([rule], 400, None, whatsapp_error(131056)) == Throttling(6.0, frozenset({"pair"}))
+    assert throttling([rule], 429, "2", None) == Throttling(2.0)  # any 429: the whole upstream
+    assert throttling([rule], 400, None, whatsapp_error(100)) is None
