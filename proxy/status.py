@@ -84,6 +84,11 @@ def _rows(header: Iterable[str], rows: Iterable[Iterable[object]], cls: str = ""
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def _phase_badge(phase: str) -> str:
+    """A breaker phase as the page shows it everywhere: its words, in its colour."""
+    return _badge(PHASE_TEXT.get(phase, phase), PHASE_TONE.get(phase, "warn"))
+
+
 def _gauge(label: str, value: float, limit: float | None) -> str:
     """`in flight 3 / 20` with a meter (amber past 80% of the limit): a native element, so no inline style."""
     if not limit:
@@ -101,7 +106,7 @@ def _breakers(upstream: Mapping[str, Any], buttons: bool) -> str:
     for b in upstream["breaker_details"]:
         phase = b["phase"]
         retry = b["retry_in_seconds"]
-        cells = [e(b["name"]), _badge(PHASE_TEXT.get(phase, phase), PHASE_TONE.get(phase, "warn")),
+        cells = [e(b["name"]), _phase_badge(phase),
                  f'{e(b["consecutive_failures"])} / {e(b["threshold"])}',
                  "-" if retry is None or phase == "closed" else f"{e(retry)} s"]
         if b["name"] in upstream["observe"]["breakers"]:
@@ -122,11 +127,11 @@ def worst_phase(u: Mapping[str, Any]) -> str:
 
 
 def _overview(upstreams: Mapping[str, Mapping[str, Any]]) -> str:
-    """One line per upstream, worst first: the glance before the detail."""
+    """One line per upstream, in the policy's order: the glance before the detail."""
     rows = []
     for name, u in upstreams.items():
         worst, minute = worst_phase(u), u["last_minute"]
-        rows.append((f'<a href="#upstream-{e(name)}">{e(name)}</a>', _badge(PHASE_TEXT[worst], PHASE_TONE[worst]),
+        rows.append((f'<a href="#upstream-{e(name)}">{e(name)}</a>', _phase_badge(worst),
                      f'{e(minute["rate_per_second"])}/s', e(_ms(minute["p95_ms"])),
                      f'{minute["error_rate"] * 100:.1f}%', f'{e(u["inflight"])} / {e(u["limits"]["max_concurrent"])}',
                      f'{e(u["queued"])} / {e(u["limits"]["max_queue"])}'))
@@ -164,7 +169,7 @@ def _upstream_card(name: str, u: Mapping[str, Any], buttons: bool) -> str:
     ), "errors") if last else "<p class=\"quiet\">no errors in the last minute</p>"
     return (
         f'<section class="upstream {PHASE_TONE[worst]}" id="upstream-{e(name)}" data-phase="{e(worst)}">'
-        f'<h2>{e(name)} {_badge(PHASE_TEXT[worst], PHASE_TONE[worst])} {marks}</h2>'
+        f'<h2>{e(name)} {_phase_badge(worst)} {marks}</h2>'
         f'<div class="gauges">{_gauge("in flight", u["inflight"], limits["max_concurrent"])}'
         f'{_gauge("queued", u["queued"], limits["max_queue"])}</div>'
         f'{_breakers(u, buttons)}<dl>{facts_html}</dl>{_pacing(u["rate_limits"])}'
