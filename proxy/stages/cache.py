@@ -15,7 +15,6 @@ response capture: reading an answer's body (at most `cache.max_body`, within the
 from __future__ import annotations
 
 import copy
-import functools
 import logging
 
 from yarl import URL
@@ -74,8 +73,8 @@ async def _read(cache: ResponseCache, plan: ReadPlan, ex: Exchange, next: Next) 
     try:
         ex.cache = lookup.result
         if lookup.ready is not None:
-            if lookup.result == UPDATING:
-                cache.refresh_soon(lookup, functools.partial(_refresh, cache, _background(ex), next))
+            if lookup.result == UPDATING:  # the exchange is copied only for a refresh that starts, not per request
+                cache.refresh_soon(lookup, lambda twin: _refresh(cache, _background(ex), next, twin))
             return _served(cache, lookup, ex, lookup.ready)
         if lookup.failed is not None:
             return lookup.failed  # the identical request this one waited for failed, or outlasted our deadline
