@@ -4,11 +4,14 @@ route's captures, headers, and dotted fields of a small JSON body already buffer
 A value that is not there (no such header, a body that is not JSON, streamed, or larger than `KEY_BODY_LIMIT`, no
 such field) renders empty: such requests share one budget rather than escape every budget. Each key also comes as
 shown on `/upstreams`, where values from headers and bodies (a recipient's phone number) keep only their last
-`SHOWN_TAIL` characters.
+`SHOWN_TAIL` characters. A value longer than `MAX_KEY` (a caller's 60 KiB "recipient") is replaced by its
+SHA-256: still one budget per value, every replica agreeing, but every key a bounded size in this process's
+buckets (at most `gcra.MAX_BUCKETS` of them) and in Redis.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -20,6 +23,7 @@ from proxy.policy.model import KeyTemplate, RateLimitPolicy
 
 KEY_BODY_LIMIT = 64 * 1024  # a WhatsApp send is a few hundred bytes; parsing a MiB of JSON per request is not free
 SHOWN_TAIL = 4
+MAX_KEY = 256  # characters: a phone number pair is under 40
 _MISSING = object()
 
 
@@ -50,7 +54,10 @@ def _render(template: KeyTemplate, captures: Mapping[str, str], headers: CIMulti
             continue
         value.append(piece)
         shown.append(piece)
-    return Key("".join(value), "".join(shown))
+    rendered = "".join(value)
+    if len(rendered) > MAX_KEY:
+        rendered = "sha256:" + hashlib.sha256(rendered.encode("utf-8", "surrogateescape")).hexdigest()
+    return Key(rendered, "".join(shown)[-MAX_KEY:])
 
 
 def _document(body: RequestBody | None) -> Any:

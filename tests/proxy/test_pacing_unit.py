@@ -12,7 +12,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.metrics import Metrics
 from proxy.pacing.gcra import Buckets, Turn, tokens
-from proxy.pacing.keys import KEY_BODY_LIMIT, render_keys
+from proxy.pacing.keys import KEY_BODY_LIMIT, MAX_KEY, render_keys
 from proxy.pacing.shared import RedisLink
 from proxy.policy import CacheSettings
 from tests.policy._helpers import load
@@ -146,3 +146,10 @@ def test_keys_from_captures_body_fields_and_headers_with_values_shown_by_their_t
 @pytest.mark.parametrize("body", [None, b"", b"not json", b"[1, 2]", b'{"to": ' + b"1" * KEY_BODY_LIMIT + b"}"])
 def test_a_body_that_is_missing_not_json_or_too_large_renders_its_fields_empty(body):
     assert keys(body)[0] == ("1001:", "1001:")
+
+
+def test_a_huge_key_value_is_kept_as_its_digest_one_budget_per_value():
+    huge = [json.dumps({"to": c * 60_000}).encode() for c in "ab"]
+    (a, a_shown), (b, _) = keys(huge[0])[0], keys(huge[1])[0]
+    assert a.startswith("sha256:") and len(a) <= MAX_KEY and len(a_shown) <= MAX_KEY
+    assert a != b and keys(huge[0])[0][0] == a  # distinct values, distinct budgets; the same value, the same one
