@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from proxy.cache import HIT, REVALIDATED, STALE, UPDATING
+from proxy.cache.rules import Mode
 from proxy.logs import AccessEntry, iso
 
 WINDOW = 60  # seconds summarised
@@ -32,7 +33,7 @@ SAMPLES = 128  # latency samples kept per second: the p95 of a minute reads up t
 LAST_ERRORS = 20
 
 SERVED_FROM_CACHE = frozenset({HIT, STALE, REVALIDATED, UPDATING})
-NOT_A_LOOKUP = frozenset({"BYPASS"})  # the caller said no-store: the cache was not asked
+NOT_A_LOOKUP = frozenset({Mode.BYPASS.value})  # the caller said no-store: the cache was not asked
 
 
 def error_reason(entry: AccessEntry) -> str | None:
